@@ -1,0 +1,300 @@
+//! Assembles a running proxy from a [`Config`] (pool snapshots, listeners, the admin listener),
+//! applies reloads to it, and takes it down gracefully.
+//!
+//! A reload is all or nothing: new sockets are bound first, and only when every bind succeeded
+//! are pools and listeners switched. Pools are switched by storing a new snapshot into the same
+//! handle, so every open connection sees the new backends on its next request.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+
+use crate::config::{self, Config, ListenerConfig, PoolConfig};
+use crate::pool::{Backend, Pool, PoolHandle, PoolSettings, Route};
+use crate::reload::Changes;
+use crate::server::{self, ListenerRuntime};
+use crate::shutdown::Drain;
+
+/// Why the proxy could not start, or a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {what} on {addr}: {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Config(#[from] config::ConfigError),
+}
+
+/// One bound listener.
+struct ListenerSlot {
+    cfg: ListenerConfig,
+    local: SocketAddr,
+    route: Route,
+    runtime: Arc<ArcSwap<ListenerRuntime>>,
+    /// Stops this listener's accept loop alone (removed or rebound on reload).
+    stop: Drain,
+}
+
+/// A started proxy: what it bound, and the handles to reload and stop it.
+pub struct Running {
+    config: Config,
+    listeners: BTreeMap<String, ListenerSlot>,
+    admin: Option<SocketAddr>,
+    pools: BTreeMap<String, PoolHandle>,
+    /// Held by every connection and session; triggered at shutdown.
+    drain: Drain,
+}
+
+/// Builds a snapshot of a pool from its configuration. Backends that `prev` already has (same
+/// address) are carried over with their state; new ones start in rotation.
+pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
+    let backends: Vec<Arc<Backend>> = cfg
+        .backends
+        .iter()
+        .map(
+            |b| match prev.and_then(|p| p.backends.iter().find(|o| o.addr == b.addr)) {
+                Some(old) if old.name == b.name && old.weight == b.weight => old.clone(),
+                Some(old) if old.name == b.name => Arc::new(old.reweighted(b.weight)),
+                _ => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight)),
+            },
+        )
+        .collect();
+    let settings = Arc::new(PoolSettings {
+        connect_timeout: cfg.connect_timeout,
+        request_timeout: cfg.request_timeout,
+        retries: cfg.retries,
+    });
+    let up = (0..backends.len()).collect();
+    // Keep the rotation going when the strategy stays; start afresh when it changes.
+    let cursor = match prev {
+        Some(p) if p.kind == cfg.strategy => p.cursor.clone(),
+        _ => Default::default(),
+    };
+    Pool::new(
+        Arc::from(name),
+        backends,
+        up,
+        cfg.strategy,
+        settings,
+        cursor,
+    )
+}
+
+fn bind(l: &ListenerConfig) -> Result<TcpListener, StartError> {
+    server::bind(l.bind).map_err(|source| StartError::Bind {
+        what: format!("listener {:?}", l.name),
+        addr: l.bind,
+        source,
+    })
+}
+
+impl Running {
+    /// Binds every listener (and the admin listener) of `config` and starts serving. Nothing
+    /// is served unless everything could be bound.
+    pub async fn start(config: Config) -> Result<Running, StartError> {
+        let pools: BTreeMap<String, PoolHandle> = config
+            .pools
+            .iter()
+            .map(|(name, cfg)| {
+                (
+                    name.clone(),
+                    Arc::new(ArcSwap::from_pointee(build_pool(name, cfg, None))),
+                )
+            })
+            .collect();
+        let mut bound = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            bound.push((l.clone(), bind(l)?));
+        }
+        let admin_sock = match config.admin {
+            Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
+                what: "admin".into(),
+                addr,
+                source,
+            })?),
+            None => None,
+        };
+        let mut running = Running {
+            config,
+            listeners: BTreeMap::new(),
+            admin: None,
+            pools,
+            drain: Drain::default(),
+        };
+        for (l, sock) in bound {
+            running.spawn_listener(l, sock);
+        }
+        if let Some(sock) = admin_sock {
+            running.admin = sock.local_addr().ok();
+            tracing::info!(addr = ?running.admin, "admin listening");
+            tokio::spawn(crate::admin::serve(sock, running.drain.signal()));
+        }
+        Ok(running)
+    }
+
+    fn spawn_listener(&mut self, cfg: ListenerConfig, sock: TcpListener) {
+        let local = sock.local_addr().unwrap_or(cfg.bind);
+        // Validation guarantees that the pool exists.
+        let Some(pool) = self.pools.get(&cfg.pool) else {
+            return;
+        };
+        let route: Route = Arc::new(ArcSwap::new(pool.clone()));
+        let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(
+            &cfg,
+            route.clone(),
+        )));
+        let stop = Drain::default();
+        tracing::info!(listener = %cfg.name, addr = %local, mode = cfg.mode.as_str(), pool = %cfg.pool, "listening");
+        tokio::spawn(server::accept_loop(
+            sock,
+            runtime.clone(),
+            stop.signal(),
+            self.drain.signal(),
+        ));
+        self.listeners.insert(
+            cfg.name.clone(),
+            ListenerSlot {
+                cfg,
+                local,
+                route,
+                runtime,
+                stop,
+            },
+        );
+    }
+
+    /// Bound address of each listener, by name (useful when binding port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.get(name).map(|l| l.local)
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// The live snapshot handle of a pool.
+    pub fn pool(&self, name: &str) -> Option<&PoolHandle> {
+        self.pools.get(name)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// SIGHUP: reads and validates `path` and applies it. On any error the running
+    /// configuration stays untouched and the error is logged as `PATH:LINE:COL: message`.
+    pub async fn reload(&mut self, path: &Path) -> Result<Changes, StartError> {
+        let result = match config::load(path) {
+            Ok(loaded) => {
+                for w in &loaded.warnings {
+                    tracing::warn!("{w}");
+                }
+                self.apply(loaded.config)
+            }
+            Err(e) => Err(StartError::Config(e)),
+        };
+        match &result {
+            Ok(changes) => tracing::info!("reload applied: {changes}"),
+            Err(e) => tracing::error!("reload rejected, keeping the running configuration: {e}"),
+        }
+        result
+    }
+
+    /// Switches to `new`. Binds first; if a bind fails nothing has changed.
+    pub fn apply(&mut self, new: Config) -> Result<Changes, StartError> {
+        let changes = Changes::between(&self.config, &new);
+        // 1. Sockets for listeners that are new or moved. Dropped again if any bind fails.
+        let mut fresh = BTreeMap::new();
+        for l in &new.listeners {
+            let rebind = self
+                .listeners
+                .get(&l.name)
+                .is_none_or(|s| s.cfg.bind != l.bind);
+            if rebind {
+                fresh.insert(l.name.clone(), bind(l)?);
+            }
+        }
+        if new.admin != self.config.admin {
+            tracing::warn!("the [admin] address changed; it takes effect at the next restart");
+        }
+        // 2. Pools: same handle for a kept name, so open connections follow at once.
+        let mut pools = BTreeMap::new();
+        for (name, cfg) in &new.pools {
+            let handle = match self.pools.get(name) {
+                Some(h) => {
+                    let next = build_pool(name, cfg, Some(&h.load()));
+                    h.store(Arc::new(next));
+                    h.clone()
+                }
+                None => Arc::new(ArcSwap::from_pointee(build_pool(name, cfg, None))),
+            };
+            pools.insert(name.clone(), handle);
+        }
+        // Backends that left: close their idle connections; in-flight requests finish on theirs.
+        for (name, old) in &self.pools {
+            let kept = pools.get(name).map(|h| h.load_full());
+            for b in old.load().backends.iter() {
+                if !kept
+                    .as_ref()
+                    .is_some_and(|k| k.backends.iter().any(|n| n.same_state(b)))
+                {
+                    b.conns().clear();
+                }
+            }
+        }
+        self.pools = pools;
+        // 3. Listeners: stop removed and moved ones, update kept ones, start new ones.
+        let names: Vec<String> = self.listeners.keys().cloned().collect();
+        for name in names {
+            let keep = new.listeners.iter().any(|l| l.name == name) && !fresh.contains_key(&name);
+            if !keep {
+                if let Some(slot) = self.listeners.remove(&name) {
+                    slot.stop.trigger();
+                }
+            }
+        }
+        for l in &new.listeners {
+            if let Some(sock) = fresh.remove(&l.name) {
+                self.spawn_listener(l.clone(), sock);
+            } else if let (Some(slot), Some(pool)) =
+                (self.listeners.get_mut(&l.name), self.pools.get(&l.pool))
+            {
+                slot.route.store(pool.clone());
+                slot.runtime
+                    .store(Arc::new(ListenerRuntime::new(l, slot.route.clone())));
+                slot.cfg = l.clone();
+            }
+        }
+        self.config = new;
+        Ok(changes)
+    }
+
+    /// Stops accepting, lets in-flight requests and sessions finish for up to `grace`, and
+    /// reports whether everything finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        for slot in self.listeners.values() {
+            slot.stop.trigger();
+        }
+        self.drain.trigger();
+        let finished = tokio::time::timeout(grace, self.drain.drained())
+            .await
+            .is_ok();
+        if !finished {
+            tracing::warn!(
+                remaining = self.drain.watchers(),
+                ?grace,
+                "shutdown deadline passed; closing what is left"
+            );
+        }
+        finished
+    }
+}

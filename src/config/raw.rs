@@ -1,0 +1,126 @@
+//! The lb.toml file as written: serde shapes with `deny_unknown_fields` and source spans.
+//!
+//! These types mirror the file one to one so that serde reports unknown keys, wrong types and
+//! unknown enum values with the exact location. Meaning (missing pools, duplicate names, zero
+//! weights, ...) is checked afterwards in `validate.rs`, which turns these into
+//! [`crate::config::Config`]. Fields that semantic checks point at are `Spanned`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+use crate::balance::StrategyKind;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    #[serde(default)]
+    pub pools: BTreeMap<String, Spanned<RawPool>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    pub bind: Spanned<String>,
+}
+
+/// `mode = "http" | "tcp"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Http,
+    Tcp,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Http => "http",
+            Mode::Tcp => "tcp",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub bind: Spanned<String>,
+    #[serde(default = "default_mode")]
+    pub mode: Mode,
+    pub pool: Spanned<String>,
+    pub header_timeout: Option<Spanned<Dur>>,
+    pub idle_timeout: Option<Spanned<Dur>>,
+    pub max_connections: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub tls: Vec<RawTls>,
+}
+
+fn default_mode() -> Mode {
+    Mode::Http
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    pub strategy: Spanned<StrategyKind>,
+    pub backends: Spanned<Vec<RawBackend>>,
+    pub connect_timeout: Option<Spanned<Dur>>,
+    pub request_timeout: Option<Spanned<Dur>>,
+    pub retries: Option<Spanned<u32>>,
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBackend {
+    pub addr: Spanned<String>,
+    pub weight: Option<Spanned<u32>>,
+    pub name: Option<Spanned<String>>,
+}
+
+/// `kind = "http" | "tcp"` of an active health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthKind {
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub kind: HealthKind,
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<Dur>>,
+    pub timeout: Option<Spanned<Dur>>,
+    pub rise: Option<Spanned<u32>>,
+    pub fall: Option<Spanned<u32>>,
+}
+
+/// A duration written as a string: `"250ms"`, `"2s"`, `"1m"`, `"1m30s"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write a number with a unit, like \"250ms\", \"2s\" or \"1m\""
+            ))
+        })
+    }
+}

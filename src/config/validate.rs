@@ -1,0 +1,366 @@
+//! Meaning checks on a parsed lb.toml, with defaults filled in.
+//!
+//! Everything a running proxy would trip over later is refused here, at load time, with the
+//! location of the offending value: listeners naming a missing pool, duplicate listener names or
+//! binds, pools without backends, duplicate backends, weight 0, unresolvable addresses, zero
+//! timeouts, unreadable TLS files. Odd-but-legal choices become warnings.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::raw::{Dur, HealthKind, RawConfig, RawHealth, RawListener, RawPool};
+use super::{
+    defaults, line_col, BackendConfig, Config, ConfigError, HealthConfig, ListenerConfig, Loaded,
+    PoolConfig, TlsCertConfig,
+};
+use crate::balance::StrategyKind;
+
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+    warnings: Vec<String>,
+}
+
+impl Ctx<'_> {
+    fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: self.path.to_owned(),
+            location: Some(line_col(self.text, span.start)),
+            message: message.into(),
+        }
+    }
+
+    fn warn(&mut self, span: Range<usize>, message: impl AsRef<str>) {
+        let (line, col) = line_col(self.text, span.start);
+        self.warnings.push(format!(
+            "{}:{line}:{col}: warning: {}",
+            self.path.display(),
+            message.as_ref()
+        ));
+    }
+
+    /// A positive duration, or the default.
+    fn duration(
+        &self,
+        v: &Option<Spanned<Dur>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(default),
+            Some(s) if s.get_ref().0.is_zero() => {
+                Err(self.err(s.span(), format!("{key} must be greater than 0")))
+            }
+            Some(s) => Ok(s.get_ref().0),
+        }
+    }
+
+    /// Resolves `host:port` (an IP literal, or a name looked up once now).
+    fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
+        let s = v.get_ref().trim();
+        if let Ok(a) = s.parse::<SocketAddr>() {
+            return Ok(a);
+        }
+        let bad = |why: String| self.err(v.span(), format!("invalid {what} address {s:?}: {why}"));
+        if !s.contains(':') {
+            return Err(bad("expected host:port, e.g. \"127.0.0.1:9001\"".into()));
+        }
+        match s.to_socket_addrs() {
+            Ok(mut it) => it
+                .next()
+                .ok_or_else(|| bad("name resolved to no address".into())),
+            Err(e) => Err(bad(e.to_string())),
+        }
+    }
+}
+
+pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded, ConfigError> {
+    let mut cx = Ctx {
+        path,
+        text,
+        warnings: Vec::new(),
+    };
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+
+    let admin = match &raw.admin {
+        Some(a) => Some(cx.addr(&a.bind, "admin bind")?),
+        None => None,
+    };
+
+    let mut pools = BTreeMap::new();
+    for (name, pool) in &raw.pools {
+        pools.insert(name.clone(), pool_config(&mut cx, name, pool)?);
+    }
+
+    if raw.listeners.is_empty() {
+        return Err(ConfigError {
+            path: path.to_owned(),
+            location: None,
+            message: "no [[listeners]] defined; lb needs at least one to accept traffic".into(),
+        });
+    }
+    let mut listeners = Vec::with_capacity(raw.listeners.len());
+    let mut names = HashSet::new();
+    let mut binds: HashMap<SocketAddr, String> = HashMap::new();
+    if let Some(a) = admin {
+        binds.insert(a, "[admin]".into());
+    }
+    for l in &raw.listeners {
+        let lc = listener_config(&cx, l, &pools, &base)?;
+        if !names.insert(lc.name.clone()) {
+            return Err(cx.err(
+                l.name.span(),
+                format!("duplicate listener name {:?}", lc.name),
+            ));
+        }
+        if let Some(other) = binds.insert(lc.bind, lc.name.clone()) {
+            return Err(cx.err(
+                l.bind.span(),
+                format!(
+                    "listener {:?} binds {} which {other} already binds",
+                    lc.name, lc.bind
+                ),
+            ));
+        }
+        listeners.push(lc);
+    }
+    for (name, pool) in &raw.pools {
+        if !listeners.iter().any(|l| &l.pool == name) {
+            cx.warn(
+                pool.span(),
+                format!("pool {name:?} is not used by any listener"),
+            );
+        }
+    }
+
+    Ok(Loaded {
+        config: Config {
+            admin,
+            listeners,
+            pools,
+        },
+        warnings: cx.warnings,
+    })
+}
+
+fn listener_config(
+    cx: &Ctx<'_>,
+    l: &RawListener,
+    pools: &BTreeMap<String, PoolConfig>,
+    base: &Path,
+) -> Result<ListenerConfig, ConfigError> {
+    let name = l.name.get_ref().trim().to_owned();
+    if name.is_empty() {
+        return Err(cx.err(l.name.span(), "listener name must not be empty"));
+    }
+    let pool = l.pool.get_ref().clone();
+    if !pools.contains_key(&pool) {
+        let known: Vec<&str> = pools.keys().map(String::as_str).collect();
+        let known = if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        };
+        return Err(cx.err(
+            l.pool.span(),
+            format!("listener {name:?} uses pool {pool:?}, which is not defined (defined pools: {known})"),
+        ));
+    }
+    let max_connections = match &l.max_connections {
+        Some(m) if *m.get_ref() == 0 => {
+            return Err(cx.err(m.span(), "max_connections must be at least 1"))
+        }
+        Some(m) => *m.get_ref(),
+        None => defaults::MAX_CONNECTIONS,
+    };
+    let mut tls = Vec::with_capacity(l.tls.len());
+    for t in &l.tls {
+        tls.push(TlsCertConfig {
+            cert: readable_file(cx, &t.cert, base, "certificate")?,
+            key: readable_file(cx, &t.key, base, "key")?,
+        });
+    }
+    Ok(ListenerConfig {
+        bind: cx.addr(&l.bind, "listener bind")?,
+        mode: l.mode,
+        pool,
+        header_timeout: cx.duration(
+            &l.header_timeout,
+            "header_timeout",
+            defaults::HEADER_TIMEOUT,
+        )?,
+        idle_timeout: cx.duration(&l.idle_timeout, "idle_timeout", defaults::IDLE_TIMEOUT)?,
+        max_connections,
+        tls,
+        name,
+    })
+}
+
+/// Resolves `v` against the config file's directory and checks that it can be read.
+fn readable_file(
+    cx: &Ctx<'_>,
+    v: &Spanned<String>,
+    base: &Path,
+    what: &str,
+) -> Result<PathBuf, ConfigError> {
+    let p = Path::new(v.get_ref());
+    let full = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    };
+    match std::fs::read(&full) {
+        Ok(bytes) if bytes.is_empty() => Err(cx.err(
+            v.span(),
+            format!("TLS {what} file {} is empty", full.display()),
+        )),
+        Ok(_) => Ok(full),
+        Err(e) => Err(cx.err(
+            v.span(),
+            format!("cannot read TLS {what} file {}: {e}", full.display()),
+        )),
+    }
+}
+
+fn pool_config(
+    cx: &mut Ctx<'_>,
+    name: &str,
+    pool: &Spanned<RawPool>,
+) -> Result<PoolConfig, ConfigError> {
+    let p = pool.get_ref();
+    let raw_backends = p.backends.get_ref();
+    if raw_backends.is_empty() {
+        return Err(cx.err(p.backends.span(), format!("pool {name:?} has no backends")));
+    }
+    let mut backends = Vec::with_capacity(raw_backends.len());
+    let mut seen_addr = HashSet::new();
+    let mut seen_name = HashSet::new();
+    for b in raw_backends {
+        let addr = cx.addr(&b.addr, "backend")?;
+        let weight = match &b.weight {
+            None => 1,
+            Some(w) if *w.get_ref() == 0 => {
+                return Err(cx.err(
+                    w.span(),
+                    "weight must be at least 1 (remove the backend to take it out)",
+                ))
+            }
+            Some(w) if *w.get_ref() > defaults::MAX_WEIGHT => {
+                return Err(cx.err(
+                    w.span(),
+                    format!("weight must be at most {}", defaults::MAX_WEIGHT),
+                ))
+            }
+            Some(w) => *w.get_ref(),
+        };
+        let bname = match &b.name {
+            Some(n) if n.get_ref().trim().is_empty() => {
+                return Err(cx.err(n.span(), "backend name must not be empty"))
+            }
+            Some(n) => n.get_ref().trim().to_owned(),
+            None => b.addr.get_ref().trim().to_owned(),
+        };
+        if !seen_addr.insert(addr) {
+            return Err(cx.err(
+                b.addr.span(),
+                format!("duplicate backend {addr} in pool {name:?}"),
+            ));
+        }
+        if !seen_name.insert(bname.clone()) {
+            let span = b.name.as_ref().map_or_else(|| b.addr.span(), |n| n.span());
+            return Err(cx.err(
+                span,
+                format!("duplicate backend name {bname:?} in pool {name:?}"),
+            ));
+        }
+        backends.push(BackendConfig {
+            name: bname,
+            addr,
+            weight,
+        });
+    }
+    let strategy = *p.strategy.get_ref();
+    if strategy == StrategyKind::RoundRobin
+        && backends.iter().any(|b| b.weight != backends[0].weight)
+    {
+        cx.warn(
+            p.strategy.span(),
+            format!("pool {name:?}: round_robin ignores weights; use strategy = \"weighted\" to honour them"),
+        );
+    }
+    Ok(PoolConfig {
+        strategy,
+        backends,
+        connect_timeout: cx.duration(
+            &p.connect_timeout,
+            "connect_timeout",
+            defaults::CONNECT_TIMEOUT,
+        )?,
+        request_timeout: cx.duration(
+            &p.request_timeout,
+            "request_timeout",
+            defaults::REQUEST_TIMEOUT,
+        )?,
+        retries: p
+            .retries
+            .as_ref()
+            .map_or(defaults::RETRIES, |r| *r.get_ref()),
+        health: p
+            .health
+            .as_ref()
+            .map(|h| health_config(cx, name, h))
+            .transpose()?,
+    })
+}
+
+fn health_config(cx: &mut Ctx<'_>, pool: &str, h: &RawHealth) -> Result<HealthConfig, ConfigError> {
+    let count = |v: &Option<Spanned<u32>>, key: &str, default: u32| match v {
+        Some(c) if *c.get_ref() == 0 => Err(cx.err(c.span(), format!("{key} must be at least 1"))),
+        Some(c) => Ok(*c.get_ref()),
+        None => Ok(default),
+    };
+    let rise = count(&h.rise, "rise", defaults::HEALTH_RISE)?;
+    let fall = count(&h.fall, "fall", defaults::HEALTH_FALL)?;
+    let path = match (&h.path, h.kind) {
+        (Some(p), HealthKind::Tcp) => {
+            cx.warn(
+                p.span(),
+                format!("pool {pool:?}: health path is ignored by kind = \"tcp\""),
+            );
+            p.get_ref().clone()
+        }
+        (Some(p), HealthKind::Http)
+            if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) =>
+        {
+            return Err(cx.err(
+                p.span(),
+                format!(
+                    "health path {:?} must start with '/' and contain no spaces",
+                    p.get_ref()
+                ),
+            ))
+        }
+        (Some(p), HealthKind::Http) => p.get_ref().clone(),
+        (None, _) => defaults::HEALTH_PATH.to_owned(),
+    };
+    let interval = cx.duration(&h.interval, "interval", defaults::HEALTH_INTERVAL)?;
+    let timeout = cx.duration(&h.timeout, "timeout", defaults::HEALTH_TIMEOUT)?;
+    if timeout > interval {
+        if let Some(t) = &h.timeout {
+            cx.warn(t.span(), format!("pool {pool:?}: health timeout is longer than interval; probes will overlap ticks"));
+        }
+    }
+    Ok(HealthConfig {
+        kind: h.kind,
+        path,
+        interval,
+        timeout,
+        rise,
+        fall,
+    })
+}

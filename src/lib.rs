@@ -1,0 +1,30 @@
+//! lb: a Layer-4/7 load-balancing reverse proxy.
+//!
+//! `lb.toml` in, balanced traffic out. A listener accepts connections and hands each HTTP
+//! request (L7) or TCP session (L4) to the balancing strategy of its pool, which picks from an
+//! immutable, atomically swapped snapshot of the pool's backends.
+//!
+//! # Layout
+//!
+//! - [`config`]: lb.toml → validated [`config::Config`], errors as `PATH:LINE:COL: message`.
+//! - [`pool`]: `Backend` (address, weight, in-flight count, idle connections) and the `Pool`
+//!   snapshot behind an `ArcSwap`.
+//! - [`balance`]: the `Strategy` trait and one file per strategy.
+//! - [`proxy`]: forwarding: HTTP (headers, retries, upgrades), TCP, upstream connections.
+//! - [`server`]: listening sockets, accept loops, connection limits, hyper connection setup.
+//! - [`admin`]: the admin listener (`/healthz`).
+//! - [`app`]: assembles and starts everything from a config, applies reloads, shuts down.
+//! - [`reload`]: the diff between two configs, logged as the reload summary.
+//! - [`shutdown`]: the drain signal shared by accept loops, connections and sessions.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+
+pub mod admin;
+pub mod app;
+pub mod balance;
+pub mod config;
+pub mod pool;
+pub mod proxy;
+pub mod reload;
+pub mod server;
+pub mod shutdown;

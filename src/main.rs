@@ -1,0 +1,127 @@
+//! The `lb` binary: command line, logging, signals. Everything else lives in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// A Layer-4/7 load-balancing reverse proxy.
+///
+/// Signals: SIGHUP reloads the config; SIGTERM/SIGINT stop accepting, let in-flight requests
+/// finish (up to --shutdown-timeout) and exit 0.
+#[derive(Debug, Parser)]
+#[command(name = "lb", version, about, long_about)]
+struct Cli {
+    /// Path to the configuration file.
+    #[arg(long, short = 'c', value_name = "PATH", default_value = "lb.toml")]
+    config: PathBuf,
+    /// Validate the configuration (syntax and meaning), print a summary and exit.
+    #[arg(long)]
+    check: bool,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    /// On SIGTERM/SIGINT, how long in-flight requests and sessions may take to finish.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.check {
+        return check(&cli);
+    }
+    init_logging(cli.log_format);
+    let loaded = match lb::config::load(&cli.config) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(cli, loaded))
+}
+
+/// `--check`: errors and warnings to stderr, the summary to stdout.
+fn check(cli: &Cli) -> ExitCode {
+    match lb::config::load(&cli.config) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("{w}");
+            }
+            println!("{}: OK: {}", cli.config.display(), loaded.config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut running = match lb::app::Running::start(loaded.config.clone()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %cli.config.display(), "lb {} started: {}", env!("CARGO_PKG_VERSION"), loaded.config.summary());
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            // The outcome is logged by reload itself.
+            _ = hup.recv() => { let _ = running.reload(&cli.config).await; }
+        }
+    }
+    tracing::info!(timeout = ?cli.shutdown_timeout, "shutting down: draining in-flight requests");
+    running.shutdown(cli.shutdown_timeout).await;
+    tracing::info!("bye");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,180 @@
+//! Backends and the immutable pool snapshot that requests balance over.
+//!
+//! A [`Pool`] is built once per change (config load, reload, health transition) and published
+//! behind an `ArcSwap` ([`PoolHandle`]). A request loads it once and sees one consistent world.
+//! Per-request counters (in flight) are atomics on the `Arc<Backend>` the snapshots share, so a
+//! backend kept across snapshots keeps its state.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::balance::{self, Cursor, Strategy, StrategyKind};
+use crate::proxy::upstream::ConnPool;
+
+/// One upstream server. Shared (`Arc`) by every snapshot that contains it.
+#[derive(Debug)]
+pub struct Backend {
+    /// Label used in logs and metrics; defaults to the configured address string.
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Relative share for `weighted` and `least_connections`; always >= 1.
+    pub weight: u32,
+    /// Everything that changes while the backend lives; shared with a reweighted copy.
+    state: Arc<BackendState>,
+}
+
+/// The mutable side of a backend, kept across reloads as long as the backend is kept.
+#[derive(Debug, Default)]
+pub struct BackendState {
+    in_flight: AtomicUsize,
+    /// Idle keep-alive connections to this backend.
+    pub conns: ConnPool,
+}
+
+impl Backend {
+    pub fn new(name: impl Into<String>, addr: SocketAddr, weight: u32) -> Self {
+        Backend {
+            name: name.into(),
+            addr,
+            weight: weight.max(1),
+            state: Arc::default(),
+        }
+    }
+
+    /// The same backend (same counters, connections and health) under a new weight.
+    pub fn reweighted(&self, weight: u32) -> Self {
+        Backend {
+            name: self.name.clone(),
+            addr: self.addr,
+            weight: weight.max(1),
+            state: self.state.clone(),
+        }
+    }
+
+    /// True when both share their state (one is a reweighted copy of the other).
+    pub fn same_state(&self, other: &Backend) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+
+    /// Requests (http) or sessions (tcp) currently being served by this backend.
+    pub fn in_flight(&self) -> usize {
+        self.state.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Idle keep-alive connections to this backend.
+    pub fn conns(&self) -> &ConnPool {
+        &self.state.conns
+    }
+
+    /// Counts one request in flight until the returned guard drops.
+    pub fn acquire(self: &Arc<Self>) -> InFlight {
+        self.state.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+}
+
+/// Guard for one in-flight request; decrements the backend's count when dropped, which for a
+/// streamed response is when the last body byte has been passed on (or the client went away).
+#[derive(Debug)]
+pub struct InFlight(Arc<Backend>);
+
+impl InFlight {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.0
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Per-pool settings that do not change per request.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    /// How many *other* backends a failed request may be tried on.
+    pub retries: u32,
+}
+
+/// An immutable view of one pool: its backends, which of them are in rotation, and the strategy
+/// state prepared for exactly this set.
+pub struct Pool {
+    pub name: Arc<str>,
+    /// Every configured backend, in config order. Strategies return indices into this.
+    pub backends: Vec<Arc<Backend>>,
+    /// Indices (into `backends`) of the backends in rotation, ascending.
+    pub up: Vec<usize>,
+    pub kind: StrategyKind,
+    pub settings: Arc<PoolSettings>,
+    /// Rotation position shared by every snapshot of this pool with this strategy, so that a
+    /// health flip does not restart the rotation.
+    pub cursor: Cursor,
+    strategy: Box<dyn Strategy>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("name", &self.name)
+            .field("backends", &self.backends)
+            .field("up", &self.up)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pool {
+    /// Builds a snapshot. `up` lists the indices in rotation (ascending, deduplicated).
+    pub fn new(
+        name: Arc<str>,
+        backends: Vec<Arc<Backend>>,
+        up: Vec<usize>,
+        kind: StrategyKind,
+        settings: Arc<PoolSettings>,
+        cursor: Cursor,
+    ) -> Self {
+        debug_assert!(up.windows(2).all(|w| w[0] < w[1]) && up.iter().all(|&i| i < backends.len()));
+        let strategy = balance::build(kind, &backends, &up, cursor.clone());
+        Pool {
+            name,
+            backends,
+            up,
+            kind,
+            settings,
+            cursor,
+            strategy,
+        }
+    }
+
+    /// A snapshot with every backend in rotation.
+    pub fn all_up(
+        name: Arc<str>,
+        backends: Vec<Arc<Backend>>,
+        kind: StrategyKind,
+        settings: Arc<PoolSettings>,
+    ) -> Self {
+        let up = (0..backends.len()).collect();
+        Pool::new(name, backends, up, kind, settings, Cursor::default())
+    }
+
+    /// Chooses a backend in rotation that is not in `tried`; `None` when none is left.
+    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+        if self.up.is_empty() {
+            return None;
+        }
+        self.strategy.pick(self, tried)
+    }
+}
+
+/// The published, swappable current snapshot of one pool.
+pub type PoolHandle = Arc<ArcSwap<Pool>>;
+
+/// Which pool a listener balances over; swappable so a reload can re-point a listener.
+pub type Route = Arc<ArcSwap<ArcSwap<Pool>>>;

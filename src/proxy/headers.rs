@@ -1,0 +1,199 @@
+//! Header hygiene between client and backend: hop-by-hop removal and forwarding headers.
+//!
+//! Pure functions over `HeaderMap` so they are cheap to test and fuzz. Hop-by-hop headers
+//! (RFC 9110 §7.6.1) describe one connection, not the message, so a proxy must drop them in both
+//! directions, together with every header the `Connection` header names. The one exception is a
+//! protocol upgrade (WebSocket), where `Connection: upgrade` and `Upgrade` must reach the
+//! backend (and its 101 answer the client) for the tunnel to be set up.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that are always connection-specific.
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// True when `headers` ask for a protocol upgrade: an `Upgrade` header and the `upgrade` token
+/// in `Connection`.
+pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has_token(headers, "upgrade")
+}
+
+fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
+/// `Upgrade` survives and `Connection` is rewritten to exactly `upgrade`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Names listed in Connection go first, while the header is still there. Collecting is only
+    // needed in the rare case that Connection names something beyond the fixed list.
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && name == "upgrade" {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Adds the forwarding headers: the client address appended to `X-Forwarded-For` (earlier
+/// values kept, several headers folded into one), `X-Forwarded-Proto` set to the listener's
+/// scheme and `X-Forwarded-Host` set to the host the client asked for.
+pub fn add_forwarding(
+    headers: &mut HeaderMap,
+    client: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let ip = client.to_canonical().to_string();
+    let xff = {
+        let mut prior = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .peekable();
+        if prior.peek().is_none() {
+            HeaderValue::from_str(&ip)
+        } else {
+            let mut joined = prior.collect::<Vec<_>>().join(", ");
+            joined.push_str(", ");
+            joined.push_str(&ip);
+            HeaderValue::from_str(&joined)
+        }
+    };
+    if let Ok(v) = xff {
+        headers.insert(X_FORWARDED_FOR.clone(), v);
+    }
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
+    match host {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST.clone(), h.clone());
+        }
+        None => {
+            headers.remove(&X_FORWARDED_HOST);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn removes_fixed_and_connection_named_headers() {
+        let mut h = map(&[
+            ("connection", "keep-alive, X-Secret ,x-other"),
+            ("connection", "close"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "trailers"),
+            ("trailer", "x-t"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("host", "example"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["host", "x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_keeps_upgrade_and_rewrites_connection() {
+        let mut h = map(&[
+            ("connection", "Upgrade, x-drop"),
+            ("upgrade", "websocket"),
+            ("x-drop", "1"),
+        ]);
+        assert!(is_upgrade_request(&h));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert!(h.get("x-drop").is_none());
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn upgrade_needs_both_headers() {
+        assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
+        assert!(is_upgrade_request(&map(&[
+            ("connection", "keep-alive, UPGRADE"),
+            ("upgrade", "h2c")
+        ])));
+    }
+
+    #[test]
+    fn forwarding_appends_client_and_sets_proto_and_host() {
+        let mut h = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2, 3.3.3.3"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let host = HeaderValue::from_static("shop.example:8080");
+        add_forwarding(&mut h, "10.0.0.9".parse().unwrap(), "http", Some(&host));
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h.get("x-forwarded-for").unwrap(),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
+        );
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example:8080");
+    }
+
+    #[test]
+    fn forwarding_without_prior_headers_and_mapped_v6() {
+        let mut h = HeaderMap::new();
+        add_forwarding(&mut h, "::ffff:127.0.0.1".parse().unwrap(), "https", None);
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "127.0.0.1");
+        assert_eq!(h.get("x-forwarded-proto").unwrap(), "https");
+        assert!(h.get("x-forwarded-host").is_none());
+    }
+}

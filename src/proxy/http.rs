@@ -1,0 +1,254 @@
+//! L7 forwarding: one client request → pick a backend → forward → stream the answer back.
+//!
+//! Per request: load the pool snapshot once, clean the headers (hop-by-hop out, X-Forwarded-*
+//! in), then try backends chosen by the pool's strategy. Failover follows SPEC.md: a failed
+//! connect is always retried on another backend (the request has not left the proxy); a request
+//! that may have reached a backend is replayed only when it is idempotent, has no body and no
+//! response byte has reached the client — which here is always true before the response head
+//! arrives, since nothing is sent to the client until then.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Empty, Full};
+use hyper::body::{Body, Incoming};
+use tokio::time::{timeout_at, Instant};
+
+use super::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
+use super::local;
+use super::upstream::{connect, ConnectError, Sender, UpBody, UpstreamBody};
+use crate::pool::{Backend, Pool, Route};
+
+/// Body of every response the proxy sends: a backend's stream, or the proxy's own short text.
+pub type RespBody = Either<UpstreamBody, Full<Bytes>>;
+
+/// The HTTP proxy service of one listener.
+pub struct HttpProxy {
+    pub listener: Arc<str>,
+    /// The pool this listener balances over, loaded once per request.
+    pub route: Route,
+    /// `"http"` or `"https"`, for X-Forwarded-Proto.
+    pub scheme: &'static str,
+}
+
+/// How one try at one backend ended, when it did not produce a response.
+enum TryFailure {
+    /// No connection could be made; the request never left the proxy.
+    Connect(ConnectError),
+    /// The request may have been (partly) written; `stale` when it went out on a reused pooled
+    /// connection that the backend had closed, which says nothing about the backend's health.
+    Sent { error: hyper::Error, stale: bool },
+    /// No response head within `request_timeout`.
+    Timeout,
+}
+
+/// What is needed to send a bodiless request again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn build(&self) -> Request<UpBody> {
+        let mut r = Request::new(Either::Right(Empty::new()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl HttpProxy {
+    /// Serves one request. Never fails: every problem becomes a status code.
+    pub async fn handle(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+    ) -> Result<Response<RespBody>, Infallible> {
+        let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+
+        // Host: HTTP/2 clients send :authority instead of a Host header.
+        let host = match parts.headers.get(HOST) {
+            Some(h) => Some(h.clone()),
+            None => parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        };
+        if let (false, Some(h)) = (parts.headers.contains_key(HOST), &host) {
+            parts.headers.insert(HOST, h.clone());
+        }
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarding(&mut parts.headers, client.ip(), self.scheme, host.as_ref());
+        // Backends get origin-form over HTTP/1.1 whatever the client spoke.
+        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+            parts.uri = match parts.uri.path_and_query() {
+                Some(pq) => Uri::from(pq.clone()),
+                None => Uri::from_static("/"),
+            };
+        }
+        parts.version = Version::HTTP_11;
+
+        let pool = self.route.load().load_full();
+        let bodiless = body.is_end_stream();
+        let replay =
+            (bodiless && !upgrade && is_idempotent(&parts.method) && pool.settings.retries > 0)
+                .then(|| Replay {
+                    method: parts.method.clone(),
+                    uri: parts.uri.clone(),
+                    headers: parts.headers.clone(),
+                });
+        let body: UpBody = if bodiless {
+            Either::Right(Empty::new())
+        } else {
+            Either::Left(body)
+        };
+        let mut pending = Some(Request::from_parts(parts, body));
+
+        let mut tried: Vec<usize> = Vec::new();
+        let mut stale_retry_used = false;
+        loop {
+            let Some(idx) = pool.pick(&tried) else {
+                return Ok(if tried.is_empty() {
+                    local::no_backend(&pool.name)
+                } else {
+                    local::bad_gateway()
+                });
+            };
+            let backend = &pool.backends[idx];
+            let Some(req) = pending
+                .take()
+                .or_else(|| replay.as_ref().map(Replay::build))
+            else {
+                return Ok(local::bad_gateway());
+            };
+            let in_flight = backend.acquire();
+            match exchange(&pool, backend, req).await {
+                Ok((mut resp, sender)) => {
+                    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        let backend_upgrade = hyper::upgrade::on(&mut resp);
+                        if let Some(client_upgrade) = client_upgrade {
+                            tokio::spawn(super::tcp::tunnel_upgraded(
+                                client_upgrade,
+                                backend_upgrade,
+                                in_flight,
+                            ));
+                        }
+                        let (mut rp, _) = resp.into_parts();
+                        strip_hop_by_hop(&mut rp.headers, true);
+                        return Ok(Response::from_parts(rp, Either::Right(Full::default())));
+                    }
+                    let (mut rp, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rp.headers, false);
+                    let reuse = (!upgrade).then_some(sender);
+                    return Ok(Response::from_parts(
+                        rp,
+                        Either::Left(UpstreamBody::new(rbody, reuse, in_flight)),
+                    ));
+                }
+                Err((failure, unsent)) => {
+                    drop(in_flight);
+                    let attempts = tried.len() + 1;
+                    match failure {
+                        TryFailure::Connect(e) => {
+                            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "backend connect failed");
+                        }
+                        TryFailure::Sent { error, stale: true }
+                            if !stale_retry_used && replay.is_some() =>
+                        {
+                            // The backend closed an idle pooled connection as we reused it. Not
+                            // a backend fault: replay once on a fresh connection to the same one.
+                            tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "stale upstream connection; replaying");
+                            stale_retry_used = true;
+                            backend.conns().clear();
+                            continue;
+                        }
+                        TryFailure::Sent { error, .. } => {
+                            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error, "backend failed mid-request");
+                        }
+                        TryFailure::Timeout => {
+                            tracing::warn!(pool = %pool.name, backend = %backend.name, timeout = ?pool.settings.request_timeout, "backend timed out");
+                            return Ok(local::gateway_timeout());
+                        }
+                    }
+                    pending = unsent;
+                    tried.push(idx);
+                    if attempts > pool.settings.retries as usize
+                        || (pending.is_none() && replay.is_none())
+                    {
+                        return Ok(local::bad_gateway());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One try at one backend: a pooled or new connection, the request, the response head.
+/// On failure, gives the request back when it provably never left the proxy.
+#[allow(clippy::result_large_err)]
+async fn exchange(
+    pool: &Pool,
+    backend: &Backend,
+    mut req: Request<UpBody>,
+) -> Result<(Response<Incoming>, Sender), (TryFailure, Option<Request<UpBody>>)> {
+    let deadline = Instant::now() + pool.settings.request_timeout;
+    loop {
+        let (mut sender, reused) = match backend.conns().take() {
+            Some(s) => (s, true),
+            None => match connect(backend.addr, pool.settings.connect_timeout).await {
+                Ok(s) => (s, false),
+                Err(e) => return Err((TryFailure::Connect(e), Some(req))),
+            },
+        };
+        if sender.ready().await.is_err() {
+            if reused {
+                continue; // closed while idle; take the next one
+            }
+            return Err((
+                TryFailure::Connect(ConnectError::Closed(backend.addr)),
+                Some(req),
+            ));
+        }
+        match timeout_at(deadline, sender.try_send_request(req)).await {
+            Err(_) => return Err((TryFailure::Timeout, None)),
+            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Ok(Err(mut e)) => match e.take_message() {
+                // Never written: safe to send again on another connection.
+                Some(back) if reused => req = back,
+                Some(back) => {
+                    return Err((
+                        TryFailure::Sent {
+                            error: e.into_error(),
+                            stale: false,
+                        },
+                        Some(back),
+                    ))
+                }
+                None => {
+                    return Err((
+                        TryFailure::Sent {
+                            error: e.into_error(),
+                            stale: reused,
+                        },
+                        None,
+                    ))
+                }
+            },
+        }
+    }
+}

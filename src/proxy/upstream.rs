@@ -1,0 +1,171 @@
+//! Upstream connections: a small keep-alive pool of HTTP/1.1 connections per backend.
+//!
+//! We drive `hyper::client::conn::http1` directly instead of a generic pooled client because the
+//! proxy must know exactly what happened to a request: whether the TCP connect failed (always
+//! safe to try another backend, body and all), whether a pooled connection turned out to be
+//! stale before the request was written (hyper hands the request back: retry on a fresh
+//! connection), or whether the request may have reached the backend (only idempotent, bodiless
+//! requests may be replayed). A connection goes back to its backend's idle list only after its
+//! response body has been read to the end, so a half-read connection is never reused.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::pool::{Backend, InFlight};
+
+/// Body of a request sent upstream: the client's streamed body, or nothing (so that a bodiless
+/// request can be rebuilt for a retry).
+pub type UpBody = Either<Incoming, Empty<Bytes>>;
+
+/// A ready-to-use upstream connection.
+pub type Sender = SendRequest<UpBody>;
+
+/// Idle connections kept per backend; beyond this a finished connection is closed.
+const MAX_IDLE_PER_BACKEND: usize = 512;
+
+/// Idle keep-alive connections of one backend. The lock is held only for a push or pop.
+#[derive(Debug, Default)]
+pub struct ConnPool {
+    idle: Mutex<Vec<Sender>>,
+}
+
+impl ConnPool {
+    /// An idle connection that is still open, most recently used first (warmest socket).
+    pub fn take(&self) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(s) = idle.pop() {
+            if !s.is_closed() {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose last exchange completed.
+    pub fn put(&self, s: Sender) {
+        if s.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_PER_BACKEND {
+            idle.push(s);
+        }
+    }
+
+    /// Closes every idle connection (used when a backend leaves the configuration).
+    pub fn clear(&self) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    pub fn idle_len(&self) -> usize {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("connect to {0} timed out")]
+    Timeout(SocketAddr),
+    #[error("connect to {0} failed: {1}")]
+    Io(SocketAddr, io::Error),
+    #[error("connection to {0} closed before use")]
+    Closed(SocketAddr),
+    #[error("HTTP handshake with {0} failed: {1}")]
+    Handshake(SocketAddr, hyper::Error),
+}
+
+/// Opens a new HTTP/1.1 connection to `addr` and spawns its driver task.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Err(_) => return Err(ConnectError::Timeout(addr)),
+        Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+        Ok(Ok(s)) => s,
+    };
+    // Small requests and responses must not wait for Nagle.
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ConnectError::Handshake(addr, e))?;
+    tokio::spawn(async move {
+        // Errors here surface on the request that was using the connection.
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sender)
+}
+
+/// A response body from a backend. It keeps the request counted in flight until the body has
+/// been passed on completely (or dropped), and gives the connection back to the backend's pool
+/// when the body ended cleanly.
+pub struct UpstreamBody {
+    inner: Incoming,
+    reuse: Option<Sender>,
+    in_flight: Option<InFlight>,
+}
+
+impl UpstreamBody {
+    pub fn new(inner: Incoming, reuse: Option<Sender>, in_flight: InFlight) -> Self {
+        let mut body = UpstreamBody {
+            inner,
+            reuse,
+            in_flight: Some(in_flight),
+        };
+        if body.inner.is_end_stream() {
+            body.finish(true);
+        }
+        body
+    }
+
+    fn finish(&mut self, clean: bool) {
+        if let Some(guard) = self.in_flight.take() {
+            if let (true, Some(s)) = (clean, self.reuse.take()) {
+                backend_pool(guard.backend()).put(s);
+            }
+        }
+        self.reuse = None;
+    }
+}
+
+fn backend_pool(b: &Arc<Backend>) -> &ConnPool {
+    b.conns()
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_frame(cx);
+        match &res {
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true),
+            _ => {}
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
