@@ -118,7 +118,13 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded
                 format!("duplicate listener name {:?}", lc.name),
             ));
         }
-        if let Some(other) = binds.insert(lc.bind, lc.name.clone()) {
+        // Port 0 asks the kernel for a fresh port each time, so it cannot collide.
+        let collision = if lc.bind.port() == 0 {
+            None
+        } else {
+            binds.insert(lc.bind, lc.name.clone())
+        };
+        if let Some(other) = collision {
             return Err(cx.err(
                 l.bind.span(),
                 format!(

@@ -1,0 +1,262 @@
+//! Forwarding promises of SPEC.md over real sockets: X-Forwarded-*, hop-by-hop removal both
+//! ways, HTTP/2 (h2c) clients, WebSocket upgrades, streaming both ways, the proxy's own status
+//! codes, failover on connect failure, and the admin /healthz.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn config(backends: &str, extra_pool: &str) -> String {
+    format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\n[pools.app]\nstrategy = \"round_robin\"\n{backends}\n{extra_pool}\n"
+    )
+}
+
+async fn one_backend() -> (TestBackend, lb::app::Running) {
+    let b = TestBackend::start("a").await;
+    let lb = start_lb(&config(&backends_toml(&[&b]), "")).await;
+    (b, lb)
+}
+
+#[tokio::test]
+async fn forwarding_headers_reach_the_backend() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let resp = raw(
+        addr,
+        b"GET /x?y=1 HTTP/1.1\r\nHost: shop.example\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = b.last_seen();
+    assert_eq!(seen.uri, "/x?y=1");
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "shop.example");
+    assert_eq!(seen.headers["host"], "shop.example");
+}
+
+#[tokio::test]
+async fn hop_by_hop_request_headers_are_removed() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let resp = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: trailers\r\nTrailer: X-T\r\nUpgrade: h2c\r\nX-Kept: yes\r\n\r\n",
+        Duration::from_millis(500),
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let h = b.last_seen().headers;
+    for gone in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        assert!(h.get(gone).is_none(), "{gone} reached the backend: {h:?}");
+    }
+    assert_eq!(h["x-kept"], "yes");
+}
+
+#[tokio::test]
+async fn hop_by_hop_response_headers_are_removed() {
+    let (_b, lb) = one_backend().await;
+    let (status, _, headers) = get(&client(), lb.listener_addr("web").unwrap(), "/hop").await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-public"], "yes");
+    assert!(headers.get("x-private").is_none(), "{headers:?}");
+    assert!(headers.get("keep-alive").is_none(), "{headers:?}");
+}
+
+#[tokio::test]
+async fn http2_prior_knowledge_clients_are_served() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    for i in 0..3 {
+        let req = http::Request::get(format!("http://app.example/h2/{i}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "a");
+    }
+    let seen = b.last_seen();
+    assert_eq!(seen.uri, "/h2/2");
+    assert_eq!(seen.headers["host"], "app.example");
+    assert_eq!(seen.headers["x-forwarded-host"], "app.example");
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    let (_b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the 101 head ended"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], b"through the tunnel"] {
+        s.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(buf, msg);
+    }
+}
+
+#[tokio::test]
+async fn responses_stream_without_waiting_for_the_whole_body() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("/stream")
+        .header("host", "h")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut body = send.send_request(req).await.unwrap().into_body();
+    // The backend holds its second chunk until released: the first must arrive before that.
+    let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("first chunk streamed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first;");
+    b.release();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "second");
+}
+
+#[tokio::test]
+async fn large_request_bodies_pass_intact() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/echo")
+        .header("host", "h")
+        .body(Full::new(Bytes::from(payload.clone())))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let echoed = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(echoed.len(), payload.len());
+    assert!(echoed == payload, "body changed on the way");
+    assert_eq!(b.last_seen().body.len(), payload.len());
+}
+
+#[tokio::test]
+async fn dead_backend_gives_a_plain_502_without_backend_headers() {
+    // Bind and drop a socket to get a port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let lb = start_lb(&config(
+        &format!("backends = [{{ addr = \"{dead}\" }}]"),
+        "connect_timeout = \"500ms\"",
+    ))
+    .await;
+    let (status, body, headers) = get(&client(), lb.listener_addr("web").unwrap(), "/").await;
+    assert_eq!(status, 502);
+    assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
+    assert!(body.contains("Bad Gateway"), "{body}");
+    assert!(!body.contains("127.0.0.1"), "internals leaked: {body}");
+    assert!(headers.get("x-served-by").is_none());
+}
+
+#[tokio::test]
+async fn slow_backend_gives_504_after_request_timeout() {
+    let b = TestBackend::start("a").await;
+    let lb = start_lb(&config(
+        &backends_toml(&[&b]),
+        "request_timeout = \"300ms\"",
+    ))
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body, _) = get(&client(), lb.listener_addr("web").unwrap(), "/slow/5000").await;
+    assert_eq!(status, 504);
+    assert!(body.contains("Gateway Timeout"), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "504 came only after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn connect_failures_fail_over_even_with_a_body() {
+    let live = TestBackend::start("live").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let backends = format!("backends = [{{ addr = \"{dead}\", name = \"dead\" }}, {{ addr = \"{}\", name = \"live\" }}]", live.addr);
+    let lb = start_lb(&config(&backends, "retries = 1")).await;
+    let addr = lb.listener_addr("web").unwrap();
+    for i in 0..10 {
+        let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let body = format!("payload {i}");
+        let req = http::Request::post("/echo")
+            .header("host", "h")
+            .body(Full::new(Bytes::from(body.clone())))
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), body);
+    }
+    assert_eq!(live.hits(), 10);
+}
+
+#[tokio::test]
+async fn admin_healthz_answers() {
+    let (_b, lb) = one_backend().await;
+    let admin = lb.admin_addr().unwrap();
+    let (status, body, _) = get(&client(), admin, "/healthz").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "ok\n"));
+    assert_eq!(get(&client(), admin, "/nope").await.0, 404);
+}
