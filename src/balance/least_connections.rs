@@ -44,20 +44,21 @@ impl LeastConnections {
 
     /// O(n): the least-loaded untried backend, scanning from a rotating start.
     fn full_scan(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
-        let up = &pool.up;
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % up.len();
-        let mut best: Option<usize> = None;
-        for offset in 0..up.len() {
-            let index = up[(start + offset) % up.len()];
+        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % pool.up.len();
+        // Two slices instead of `% len` per step: the scan is the whole cost of this pick.
+        let (before, after) = pool.up.split_at(start);
+        let mut best: Option<(usize, Load)> = None;
+        for &index in after.iter().chain(before) {
             if tried.contains(&index) {
                 continue;
             }
+            let load = Load::of(&pool.backends[index]);
             // Strictly less: on ties the earlier one in scan order, i.e. the rotating start, wins.
-            if best.is_none_or(|best| less_loaded(&pool.backends[index], &pool.backends[best])) {
-                best = Some(index);
+            if best.is_none_or(|(_, best_load)| load.is_less_than(best_load)) {
+                best = Some((index, load));
             }
         }
-        best
+        best.map(|(index, _)| index)
     }
 
     /// O(1) expected: the less loaded of two distinct random untried backends.
@@ -76,8 +77,9 @@ impl LeastConnections {
         let second = (0..len)
             .map(|offset| up[(second_position + offset) % len])
             .find(|&index| index != first && !tried.contains(&index));
+        let first_load = Load::of(&pool.backends[first]);
         match second {
-            Some(second) if less_loaded(&pool.backends[second], &pool.backends[first]) => {
+            Some(second) if Load::of(&pool.backends[second]).is_less_than(first_load) => {
                 Some(second)
             }
             _ => Some(first),
@@ -98,12 +100,26 @@ impl Strategy for LeastConnections {
     }
 }
 
-/// `a` carries strictly less load per unit of weight than `b`.
-fn less_loaded(a: &Backend, b: &Backend) -> bool {
-    let load = |backend: &Backend, other_weight: u32| {
-        backend.in_flight() as u128 * u128::from(other_weight)
-    };
-    load(a, b.weight) < load(b, a.weight)
+/// A backend's load as read once for one pick: in flight and weight, widened so that the
+/// cross products below cannot overflow.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    in_flight: u128,
+    weight: u128,
+}
+
+impl Load {
+    fn of(backend: &Backend) -> Self {
+        Load {
+            in_flight: backend.in_flight() as u128,
+            weight: u128::from(backend.weight),
+        }
+    }
+
+    /// Strictly less in flight per unit of weight: `a/wa < b/wb` as `a·wb < b·wa`, no floats.
+    fn is_less_than(self, other: Load) -> bool {
+        self.in_flight * other.weight < other.in_flight * self.weight
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,171 @@
+//! `lb --check` through the real binary: a good file passes with a summary; each kind of bad
+//! file fails with `PATH:LINE:COL: message` naming the problem, and a non-zero exit.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+struct Outcome {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn check(name: &str, toml: &str) -> (PathBuf, Outcome) {
+    let dir = std::env::temp_dir().join(format!("lb-check-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, toml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lb")).arg("--config").arg(&path).arg("--check").output().unwrap();
+    let outcome = Outcome {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    (path, outcome)
+}
+
+const GOOD: &str = r#"
+[admin]
+bind = "127.0.0.1:9900"
+
+[[listeners]]
+name = "web"
+bind = "127.0.0.1:8080"
+pool = "app"
+
+[pools.app]
+strategy = "weighted"
+backends = [
+  { addr = "127.0.0.1:9001" },
+  { addr = "127.0.0.1:9002", weight = 3, name = "b" },
+]
+connect_timeout = "2s"
+
+[pools.app.health]
+kind = "http"
+path = "/health"
+interval = "2s"
+"#;
+
+/// Asserts that `toml` fails `--check` with `PATH:LINE:COL:` and a message containing `needle`.
+fn rejects(name: &str, toml: &str, line: usize, needle: &str) {
+    let (path, out) = check(name, toml);
+    assert!(!out.ok, "{name}: accepted\n{}", out.stdout);
+    let prefix = format!("{}:{line}:", path.display());
+    assert!(out.stderr.starts_with(&prefix), "{name}: expected location {prefix}, got: {}", out.stderr);
+    assert!(out.stderr.contains(needle), "{name}: expected {needle:?} in: {}", out.stderr);
+}
+
+#[test]
+fn a_good_file_passes_with_a_summary() {
+    let (path, out) = check("good", GOOD);
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!(
+            "{}: OK: 1 listener(s): web (http 127.0.0.1:8080 -> app); 1 pool(s), 2 backend(s); admin on 127.0.0.1:9900",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn arrays_of_tables_are_the_same_shape() {
+    let toml = "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n\n[pools.app]\nstrategy = \"round_robin\"\n\n[[pools.app.backends]]\naddr = \"127.0.0.1:9001\"\n\n[[pools.app.backends]]\naddr = \"127.0.0.1:9002\"\n";
+    let (_, out) = check("tables", toml);
+    assert!(out.ok, "{}", out.stderr);
+    assert!(out.stdout.contains("2 backend(s)"), "{}", out.stdout);
+}
+
+#[test]
+fn syntax_errors_have_line_and_column() {
+    rejects("syntax", "[[listeners]]\nname = \"web\nbind = 1\n", 2, "");
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    rejects("unknown-key", &GOOD.replace("connect_timeout", "conect_timeout"), 16, "unknown field `conect_timeout`");
+}
+
+#[test]
+fn unknown_strategy_is_named() {
+    rejects("strategy", &GOOD.replace("\"weighted\"", "\"fastest\""), 11, "unknown variant `fastest`");
+}
+
+#[test]
+fn listener_naming_a_missing_pool() {
+    rejects("missing-pool", &GOOD.replace("pool = \"app\"", "pool = \"api\""), 8, "pool \"api\", which is not defined");
+}
+
+#[test]
+fn duplicate_listener_names() {
+    let toml = format!("{GOOD}\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8081\"\npool = \"app\"\n");
+    rejects("dup-listener", &toml, 24, "duplicate listener name \"web\"");
+}
+
+#[test]
+fn duplicate_binds() {
+    let toml = format!("{GOOD}\n[[listeners]]\nname = \"other\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n");
+    rejects("dup-bind", &toml, 25, "binds 127.0.0.1:8080 which web already binds");
+}
+
+#[test]
+fn zero_backends() {
+    let toml = "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n[pools.app]\nstrategy = \"random\"\nbackends = []\n";
+    rejects("zero", toml, 7, "pool \"app\" has no backends");
+}
+
+#[test]
+fn weight_zero_and_bad_addresses() {
+    rejects("weight0", &GOOD.replace("weight = 3", "weight = 0"), 14, "weight must be at least 1");
+    rejects("bad-addr", &GOOD.replace("127.0.0.1:9001", "127.0.0.1"), 13, "invalid backend address \"127.0.0.1\"");
+    rejects("bad-port", &GOOD.replace("127.0.0.1:9001", "127.0.0.1:99999"), 13, "invalid backend address");
+    rejects("dup-backend", &GOOD.replace("127.0.0.1:9002", "127.0.0.1:9001"), 14, "duplicate backend 127.0.0.1:9001");
+}
+
+#[test]
+fn durations_that_do_not_parse() {
+    rejects("duration", &GOOD.replace("\"2s\"\n\n[pools", "\"2 parsecs\"\n\n[pools"), 16, "invalid duration \"2 parsecs\"");
+    rejects("zero-duration", &GOOD.replace("interval = \"2s\"", "interval = \"0s\""), 21, "interval must be greater than 0");
+}
+
+#[test]
+fn unreadable_tls_files() {
+    let toml = GOOD.replace("pool = \"app\"", "pool = \"app\"\ntls = [{ cert = \"missing.pem\", key = \"missing.key\" }]");
+    rejects("tls", &toml, 9, "cannot read TLS certificate file");
+}
+
+#[test]
+fn health_settings_are_validated() {
+    rejects("rise0", &format!("{GOOD}rise = 0\n"), 22, "rise must be at least 1");
+    rejects("kind", &GOOD.replace("kind = \"http\"", "kind = \"icmp\""), 19, "unknown variant `icmp`");
+}
+
+#[test]
+fn round_robin_with_weights_warns_but_passes() {
+    let (path, out) = check("rr-weights", &GOOD.replace("\"weighted\"", "\"round_robin\""));
+    assert!(out.ok, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!("{}:11:12: warning: pool \"app\": round_robin ignores weights", path.display())),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lb")).args(["--config", "/nonexistent/lb.toml", "--check"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("/nonexistent/lb.toml: cannot read config"));
+}
+
+#[test]
+fn version_and_help() {
+    let v = Command::new(env!("CARGO_BIN_EXE_lb")).arg("--version").output().unwrap();
+    assert!(v.status.success());
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), format!("lb {}", env!("CARGO_PKG_VERSION")));
+    let h = Command::new(env!("CARGO_BIN_EXE_lb")).arg("--help").output().unwrap();
+    assert!(h.status.success());
+    let help = String::from_utf8_lossy(&h.stdout);
+    assert!(help.contains("--config") && help.contains("--check") && help.contains("SIGHUP"), "{help}");
+}
