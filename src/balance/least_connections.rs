@@ -73,9 +73,11 @@ impl LeastConnections {
         }
         let first = first_untried(up, first_position, tried)?;
         // Walking on past tried backends may land on `first` again; skip it too.
-        let len = up.len();
-        let second = (0..len)
-            .map(|offset| up[(second_position + offset) % len])
+        let (before, after) = up.split_at(second_position);
+        let second = after
+            .iter()
+            .chain(before)
+            .copied()
             .find(|&index| index != first && !tried.contains(&index));
         let first_load = Load::of(&pool.backends[first]);
         match second {

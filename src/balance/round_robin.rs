@@ -42,13 +42,14 @@ impl Strategy for RoundRobin {
 ///
 /// `tried` is tiny (one entry per failed attempt), so a linear `contains` beats any set.
 pub(super) fn first_untried(candidates: &[usize], start: usize, tried: &[usize]) -> Option<usize> {
-    let len = candidates.len();
-    if len == 0 {
+    if candidates.is_empty() {
         return None;
     }
-    let start = start % len;
-    (0..len)
-        .map(|offset| candidates[(start + offset) % len])
+    let (before, after) = candidates.split_at(start % candidates.len());
+    after
+        .iter()
+        .chain(before)
+        .copied()
         .find(|index| !tried.contains(index))
 }
 

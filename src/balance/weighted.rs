@@ -82,8 +82,11 @@ impl Strategy for Weighted {
         if tried.len() >= pool.up.len() && pool.up.iter().all(|index| tried.contains(index)) {
             return None;
         }
-        (0..len)
-            .map(|offset| self.schedule[(start + offset) % len] as usize)
+        let (before, after) = self.schedule.split_at(start);
+        after
+            .iter()
+            .chain(before)
+            .map(|&index| index as usize)
             .find(|index| !tried.contains(index))
     }
 }
