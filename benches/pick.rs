@@ -37,6 +37,7 @@ fn pool(kind: StrategyKind, size: usize) -> Pool {
         connect_timeout: Duration::from_secs(1),
         request_timeout: Duration::from_secs(30),
         retries: 2,
+        ..Default::default()
     };
     Pool::new(
         "bench".into(),

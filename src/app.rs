@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 
 use crate::config::{self, Config, ListenerConfig, PoolConfig};
+use crate::health::{self, Monitor};
 use crate::pool::{Backend, Pool, PoolHandle, PoolSettings, Route};
 use crate::reload::Changes;
 use crate::server::{self, ListenerRuntime};
@@ -50,6 +51,8 @@ pub struct Running {
     listeners: BTreeMap<String, ListenerSlot>,
     admin: Option<SocketAddr>,
     pools: BTreeMap<String, PoolHandle>,
+    /// Health probes and snapshot publisher of each pool; dropping one stops it.
+    monitors: BTreeMap<String, Monitor>,
     /// Held by every connection and session; triggered at shutdown.
     drain: Drain,
 }
@@ -72,8 +75,15 @@ pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
         retries: cfg.retries,
+        fall: cfg
+            .health
+            .as_ref()
+            .map_or(config::defaults::HEALTH_FALL, |h| h.fall),
+        // The publisher listens on this; it must outlive snapshots.
+        events: prev.map(|p| p.settings.events.clone()).unwrap_or_default(),
     });
-    let up = (0..backends.len()).collect();
+    // Kept backends keep their health; new ones start up.
+    let up = health::up_from_health(&backends);
     // Keep the rotation going when the strategy stays; start afresh when it changes.
     let cursor = match prev {
         Some(p) if p.kind == cfg.strategy => p.cursor.clone(),
@@ -123,11 +133,21 @@ impl Running {
             })?),
             None => None,
         };
+        let monitors = pools
+            .iter()
+            .map(|(name, h)| {
+                (
+                    name.clone(),
+                    Monitor::start(h.clone(), config.pools[name].health.clone()),
+                )
+            })
+            .collect();
         let mut running = Running {
             config,
             listeners: BTreeMap::new(),
             admin: None,
             pools,
+            monitors,
             drain: Drain::default(),
         };
         for (l, sock) in bound {
@@ -252,6 +272,18 @@ impl Running {
             }
         }
         self.pools = pools;
+        // Health: probes follow the new backend sets; monitors of removed pools stop on drop.
+        self.monitors.retain(|name, _| new.pools.contains_key(name));
+        for (name, cfg) in &new.pools {
+            match (self.monitors.get_mut(name), self.pools.get(name)) {
+                (Some(m), _) => m.update(cfg.health.clone()),
+                (None, Some(h)) => {
+                    self.monitors
+                        .insert(name.clone(), Monitor::start(h.clone(), cfg.health.clone()));
+                }
+                (None, None) => {}
+            }
+        }
         // 3. Listeners: stop removed and moved ones, update kept ones, start new ones.
         let names: Vec<String> = self.listeners.keys().cloned().collect();
         for name in names {

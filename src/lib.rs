@@ -10,6 +10,7 @@
 //! - [`pool`]: `Backend` (address, weight, in-flight count, idle connections) and the `Pool`
 //!   snapshot behind an `ArcSwap`.
 //! - [`balance`]: the `Strategy` trait and one file per strategy.
+//! - [`health`]: up/down with rise/fall, active probes, passive marks, snapshot publishing.
 //! - [`proxy`]: forwarding: HTTP (headers, retries, upgrades), TCP, upstream connections.
 //! - [`server`]: listening sockets, accept loops, connection limits, hyper connection setup.
 //! - [`admin`]: the admin listener (`/healthz`).
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod config;
+pub mod health;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

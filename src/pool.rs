@@ -11,8 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 
 use crate::balance::{self, Cursor, Strategy, StrategyKind};
+use crate::config::defaults;
+use crate::health::HealthState;
 use crate::proxy::upstream::ConnPool;
 
 /// One upstream server. Shared (`Arc`) by every snapshot that contains it.
@@ -33,6 +36,8 @@ pub struct BackendState {
     in_flight: AtomicUsize,
     /// Idle keep-alive connections to this backend.
     pub conns: ConnPool,
+    /// Up/down and the rise/fall counters.
+    pub health: HealthState,
 }
 
 impl Backend {
@@ -70,6 +75,11 @@ impl Backend {
         &self.state.conns
     }
 
+    /// Health state, shared by every snapshot and kept across reloads.
+    pub fn health(&self) -> &HealthState {
+        &self.state.health
+    }
+
     /// Counts one request in flight until the returned guard drops.
     pub fn acquire(self: &Arc<Self>) -> InFlight {
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -101,6 +111,23 @@ pub struct PoolSettings {
     pub request_timeout: Duration,
     /// How many *other* backends a failed request may be tried on.
     pub retries: u32,
+    /// Consecutive failures (probes or live traffic) that take a backend out of rotation.
+    pub fall: u32,
+    /// Wakes the pool's health publisher when live traffic took a backend out. Shared by every
+    /// snapshot of the pool.
+    pub events: Arc<Notify>,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        PoolSettings {
+            connect_timeout: defaults::CONNECT_TIMEOUT,
+            request_timeout: defaults::REQUEST_TIMEOUT,
+            retries: defaults::RETRIES,
+            fall: defaults::HEALTH_FALL,
+            events: Arc::default(),
+        }
+    }
 }
 
 /// An immutable view of one pool: its backends, which of them are in rotation, and the strategy
@@ -162,6 +189,18 @@ impl Pool {
     ) -> Self {
         let up = (0..backends.len()).collect();
         Pool::new(name, backends, up, kind, settings, Cursor::default())
+    }
+
+    /// The same pool with a different set of backends in rotation (after a health change).
+    pub fn with_up(&self, up: Vec<usize>) -> Pool {
+        Pool::new(
+            self.name.clone(),
+            self.backends.clone(),
+            up,
+            self.kind,
+            self.settings.clone(),
+            self.cursor.clone(),
+        )
     }
 
     /// Chooses a backend in rotation that is not in `tried`; `None` when none is left.

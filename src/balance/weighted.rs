@@ -200,6 +200,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
             retries: 2,
+            ..Default::default()
         };
         Pool::new(
             "test".into(),

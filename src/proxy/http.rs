@@ -5,7 +5,12 @@
 //! connect is always retried on another backend (the request has not left the proxy); a request
 //! that may have reached a backend is replayed only when it is idempotent, has no body and no
 //! response byte has reached the client — which here is always true before the response head
-//! arrives, since nothing is sent to the client until then.
+//! arrives, since nothing is sent to the client until then. A try that times out is such a
+//! case too: an idempotent bodiless request goes on to the next backend, and the client gets
+//! 504 only when the last try timed out.
+//!
+//! Every connect failure, reset or timeout is also a passive health mark (see `health`): after
+//! `fall` in a row the backend leaves rotation without waiting for the next probe.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,6 +26,7 @@ use tokio::time::{timeout_at, Instant};
 use super::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::upstream::{connect, ConnectError, Sender, UpBody, UpstreamBody};
+use crate::health;
 use crate::pool::{Backend, Pool, Route};
 
 /// Body of every response the proxy sends: a backend's stream, or the proxy's own short text.
@@ -105,13 +111,13 @@ impl HttpProxy {
 
         let pool = self.route.load().load_full();
         let bodiless = body.is_end_stream();
-        let replay =
-            (bodiless && !upgrade && is_idempotent(&parts.method) && pool.settings.retries > 0)
-                .then(|| Replay {
-                    method: parts.method.clone(),
-                    uri: parts.uri.clone(),
-                    headers: parts.headers.clone(),
-                });
+        // Kept even with `retries = 0`: replaying on a fresh connection after a stale pooled one
+        // is not a retry on another backend.
+        let replay = (bodiless && !upgrade && is_idempotent(&parts.method)).then(|| Replay {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+        });
         let body: UpBody = if bodiless {
             Either::Right(Empty::new())
         } else {
@@ -121,10 +127,13 @@ impl HttpProxy {
 
         let mut tried: Vec<usize> = Vec::new();
         let mut stale_retry_used = false;
+        let mut last_timed_out = false;
         loop {
             let Some(idx) = pool.pick(&tried) else {
                 return Ok(if tried.is_empty() {
                     local::no_backend(&pool.name)
+                } else if last_timed_out {
+                    local::gateway_timeout()
                 } else {
                     local::bad_gateway()
                 });
@@ -139,6 +148,7 @@ impl HttpProxy {
             let in_flight = backend.acquire();
             match exchange(&pool, backend, req).await {
                 Ok((mut resp, sender)) => {
+                    backend.health().record_answer();
                     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let backend_upgrade = hyper::upgrade::on(&mut resp);
                         if let Some(client_upgrade) = client_upgrade {
@@ -163,9 +173,11 @@ impl HttpProxy {
                 Err((failure, unsent)) => {
                     drop(in_flight);
                     let attempts = tried.len() + 1;
+                    last_timed_out = matches!(failure, TryFailure::Timeout);
                     match failure {
                         TryFailure::Connect(e) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "backend connect failed");
+                            health::passive_failure(&pool, backend, "connect failed");
                         }
                         TryFailure::Sent { error, stale: true }
                             if !stale_retry_used && replay.is_some() =>
@@ -179,18 +191,22 @@ impl HttpProxy {
                         }
                         TryFailure::Sent { error, .. } => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error, "backend failed mid-request");
+                            health::passive_failure(&pool, backend, "reset mid-request");
                         }
                         TryFailure::Timeout => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, timeout = ?pool.settings.request_timeout, "backend timed out");
-                            return Ok(local::gateway_timeout());
+                            health::passive_failure(&pool, backend, "request timed out");
                         }
                     }
                     pending = unsent;
                     tried.push(idx);
-                    if attempts > pool.settings.retries as usize
-                        || (pending.is_none() && replay.is_none())
-                    {
-                        return Ok(local::bad_gateway());
+                    let replayable = pending.is_some() || replay.is_some();
+                    if attempts > pool.settings.retries as usize || !replayable {
+                        return Ok(if last_timed_out {
+                            local::gateway_timeout()
+                        } else {
+                            local::bad_gateway()
+                        });
                     }
                 }
             }

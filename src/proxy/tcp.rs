@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{copy_bidirectional, AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::health;
 use crate::pool::{InFlight, Route};
 
 /// Proxies one accepted TCP connection to a backend of `pool`. Returns the bytes copied
@@ -54,9 +55,11 @@ where
             }
             Ok(Err(e)) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "tcp backend connect failed");
+                health::passive_failure(&pool, backend, "connect failed");
             }
             Err(_) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, "tcp backend connect timed out");
+                health::passive_failure(&pool, backend, "connect timed out");
             }
         }
         tried.push(idx);

@@ -29,7 +29,8 @@ pub struct Seen {
 ///
 /// Paths: `/slow/MS` answers after MS milliseconds; `/slowif/NAME/MS` too, but only on the
 /// backend called NAME; `/echo` echoes the request body;
-/// `/status/CODE` answers CODE; `/stream` sends "first" then waits for `release()` before
+/// `/status/CODE` answers CODE; `/health` answers 200 or 503 (see `set_healthy`); `/drop`
+/// records the request and closes the connection without answering; `/stream` sends "first" then waits for `release()` before
 /// "second"; `/hop` answers with hop-by-hop headers; anything else answers 200 at once.
 pub struct TestBackend {
     pub name: String,
@@ -38,6 +39,7 @@ pub struct TestBackend {
     pub seen: Arc<Mutex<Vec<Seen>>>,
     kill: watch::Sender<bool>,
     release: Arc<tokio::sync::Notify>,
+    healthy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl TestBackend {
@@ -56,6 +58,7 @@ impl TestBackend {
             seen: Arc::default(),
             kill,
             release: Arc::default(),
+            healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         let (name, hits, seen, release) = (
             b.name.clone(),
@@ -63,6 +66,7 @@ impl TestBackend {
             b.seen.clone(),
             b.release.clone(),
         );
+        let healthy = b.healthy.clone();
         tokio::spawn(async move {
             let mut stop = kill_rx.clone();
             loop {
@@ -72,15 +76,18 @@ impl TestBackend {
                 };
                 let (name, hits, seen, release) =
                     (name.clone(), hits.clone(), seen.clone(), release.clone());
+                let healthy = healthy.clone();
                 let mut stop = kill_rx.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
+                        let ok = healthy.load(Ordering::SeqCst);
                         handle(
                             req,
                             name.clone(),
                             hits.clone(),
                             seen.clone(),
                             release.clone(),
+                            ok,
                         )
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
@@ -107,6 +114,11 @@ impl TestBackend {
         self.release.notify_waiters();
     }
 
+    /// Makes `/health` answer 200 (true) or 503 (false).
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::SeqCst);
+    }
+
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
@@ -123,6 +135,18 @@ impl TestBackend {
 
 type TestBody = BoxBody<Bytes, Infallible>;
 
+/// Returned by the service for `/drop`: hyper closes the connection without an answer.
+#[derive(Debug)]
+pub struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("dropped on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
 fn full(s: impl Into<Bytes>) -> TestBody {
     Full::new(s.into()).boxed()
 }
@@ -133,10 +157,18 @@ async fn handle(
     hits: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
     release: Arc<tokio::sync::Notify>,
-) -> Result<Response<TestBody>, Infallible> {
+    healthy: bool,
+) -> Result<Response<TestBody>, Dropped> {
     let path = req.uri().path().to_owned();
     if path == "/ws" {
         return Ok(websocket_echo(&mut req));
+    }
+    if path == "/health" {
+        let mut r = Response::new(full(if healthy { "ok" } else { "sick" }));
+        if !healthy {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        return Ok(r);
     }
     let (parts, body) = req.into_parts();
     let body = body
@@ -151,6 +183,10 @@ async fn handle(
         body: body.clone(),
     });
     hits.fetch_add(1, Ordering::SeqCst);
+    if path == "/drop" {
+        // The request arrived, and the backend dies before answering.
+        return Err(Dropped);
+    }
     let mut resp = if let Some(ms) = path.strip_prefix("/slow/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
         Response::new(full(name.clone()))
@@ -281,4 +317,69 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A backend that accepts connections and never answers (nor closes them).
+pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    (addr, task)
+}
+
+/// A raw HTTP/1.1 backend that answers the first request on each connection (keeping the
+/// connection open) and closes the connection without answering when a second request arrives
+/// on it, the way a backend's idle-connection timeout races with a reused connection.
+/// Returns the address and a counter of answered requests.
+pub async fn closes_reused_connections() -> (SocketAddr, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = answered.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                // Wait for the next request on this connection, then hang up on it.
+                let _ = s.read(&mut buf).await;
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// Names of the backends of `pool` that are in rotation in its current snapshot.
+pub fn up_names(lb: &lb::app::Running, pool: &str) -> Vec<String> {
+    let p = lb.pool(pool).unwrap().load_full();
+    p.up.iter().map(|&i| p.backends[i].name.clone()).collect()
 }
