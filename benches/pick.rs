@@ -17,12 +17,8 @@ use lb::pool::{Backend, InFlight, Pool, PoolSettings};
 
 const SIZES: [usize; 4] = [2, 16, 256, 4096];
 
-const STRATEGIES: [StrategyKind; 4] = [
-    StrategyKind::RoundRobin,
-    StrategyKind::Random,
-    StrategyKind::Weighted,
-    StrategyKind::LeastConnections,
-];
+const STRATEGIES: [StrategyKind; 4] =
+    [StrategyKind::RoundRobin, StrategyKind::Random, StrategyKind::Weighted, StrategyKind::LeastConnections];
 
 /// A pool of `size` backends, weights cycling 1..=5, every tenth backend (index 9, 19, ...) down.
 fn pool(kind: StrategyKind, size: usize) -> Pool {
@@ -39,23 +35,12 @@ fn pool(kind: StrategyKind, size: usize) -> Pool {
         retries: 2,
         ..Default::default()
     };
-    Pool::new(
-        "bench".into(),
-        backends,
-        up,
-        kind,
-        Arc::new(settings),
-        Default::default(),
-    )
+    Pool::new("bench".into(), backends, up, kind, Arc::new(settings), Default::default())
 }
 
 /// Holds 0..=6 requests in flight per backend so `least_connections` compares real loads.
 fn uneven_load(pool: &Pool) -> Vec<InFlight> {
-    pool.backends
-        .iter()
-        .enumerate()
-        .flat_map(|(i, backend)| (0..i % 7).map(|_| backend.acquire()))
-        .collect()
+    pool.backends.iter().enumerate().flat_map(|(i, backend)| (0..i % 7).map(|_| backend.acquire())).collect()
 }
 
 fn pick(c: &mut Criterion) {

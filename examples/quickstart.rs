@@ -30,16 +30,11 @@ async fn demo_backend(port: u16, name: String) -> std::io::Result<()> {
                     let body = if req.uri().path() == "/health" {
                         "ok\n".to_owned()
                     } else {
-                        format!(
-                            "hello from {name} (port {port}), you asked for {}\n",
-                            req.uri()
-                        )
+                        format!("hello from {name} (port {port}), you asked for {}\n", req.uri())
                     };
                     async move { Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body)))) }
                 });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
             });
         }
     });
@@ -48,9 +43,7 @@ async fn demo_backend(port: u16, name: String) -> std::io::Result<()> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     for (i, port) in [9001u16, 9002, 9003].into_iter().enumerate() {
         demo_backend(port, format!("demo-{}", i + 1)).await?;
     }

@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{self, Config, ListenerConfig, PoolConfig};
 use crate::health::{self, Monitor};
+use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, PoolHandle, PoolSettings, Route};
 use crate::reload::Changes;
 use crate::server::{self, ListenerRuntime};
@@ -26,11 +27,7 @@ use crate::shutdown::Drain;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot bind {what} on {addr}: {source}")]
-    Bind {
-        what: String,
-        addr: SocketAddr,
-        source: io::Error,
-    },
+    Bind { what: String, addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Config(#[from] config::ConfigError),
 }
@@ -41,6 +38,8 @@ struct ListenerSlot {
     local: SocketAddr,
     route: Route,
     runtime: Arc<ArcSwap<ListenerRuntime>>,
+    /// Shared with the accept loop, so a reload can hand the socket to another listener.
+    sock: Arc<TcpListener>,
     /// Stops this listener's accept loop alone (removed or rebound on reload).
     stop: Drain,
 }
@@ -53,6 +52,7 @@ pub struct Running {
     pools: BTreeMap<String, PoolHandle>,
     /// Health probes and snapshot publisher of each pool; dropping one stops it.
     monitors: BTreeMap<String, Monitor>,
+    metrics: Arc<Metrics>,
     /// Held by every connection and session; triggered at shutdown.
     drain: Drain,
 }
@@ -63,22 +63,17 @@ pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
     let backends: Vec<Arc<Backend>> = cfg
         .backends
         .iter()
-        .map(
-            |b| match prev.and_then(|p| p.backends.iter().find(|o| o.addr == b.addr)) {
-                Some(old) if old.name == b.name && old.weight == b.weight => old.clone(),
-                Some(old) if old.name == b.name => Arc::new(old.reweighted(b.weight)),
-                _ => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight)),
-            },
-        )
+        .map(|b| match prev.and_then(|p| p.backends.iter().find(|o| o.addr == b.addr)) {
+            Some(old) if old.name == b.name && old.weight == b.weight => old.clone(),
+            Some(old) if old.name == b.name => Arc::new(old.reweighted(b.weight)),
+            _ => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight)),
+        })
         .collect();
     let settings = Arc::new(PoolSettings {
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
         retries: cfg.retries,
-        fall: cfg
-            .health
-            .as_ref()
-            .map_or(config::defaults::HEALTH_FALL, |h| h.fall),
+        fall: cfg.health.as_ref().map_or(config::defaults::HEALTH_FALL, |h| h.fall),
         // The publisher listens on this; it must outlive snapshots.
         events: prev.map(|p| p.settings.events.clone()).unwrap_or_default(),
     });
@@ -89,14 +84,7 @@ pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
         Some(p) if p.kind == cfg.strategy => p.cursor.clone(),
         _ => Default::default(),
     };
-    Pool::new(
-        Arc::from(name),
-        backends,
-        up,
-        cfg.strategy,
-        settings,
-        cursor,
-    )
+    Pool::new(Arc::from(name), backends, up, cfg.strategy, settings, cursor)
 }
 
 fn bind(l: &ListenerConfig) -> Result<TcpListener, StartError> {
@@ -114,82 +102,50 @@ impl Running {
         let pools: BTreeMap<String, PoolHandle> = config
             .pools
             .iter()
-            .map(|(name, cfg)| {
-                (
-                    name.clone(),
-                    Arc::new(ArcSwap::from_pointee(build_pool(name, cfg, None))),
-                )
-            })
+            .map(|(name, cfg)| (name.clone(), Arc::new(ArcSwap::from_pointee(build_pool(name, cfg, None)))))
             .collect();
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             bound.push((l.clone(), bind(l)?));
         }
         let admin_sock = match config.admin {
-            Some(addr) => Some(server::bind(addr).map_err(|source| StartError::Bind {
-                what: "admin".into(),
-                addr,
-                source,
-            })?),
+            Some(addr) => {
+                Some(server::bind(addr).map_err(|source| StartError::Bind { what: "admin".into(), addr, source })?)
+            }
             None => None,
         };
         let monitors = pools
             .iter()
-            .map(|(name, h)| {
-                (
-                    name.clone(),
-                    Monitor::start(h.clone(), config.pools[name].health.clone()),
-                )
-            })
+            .map(|(name, h)| (name.clone(), Monitor::start(h.clone(), config.pools[name].health.clone())))
             .collect();
-        let mut running = Running {
-            config,
-            listeners: BTreeMap::new(),
-            admin: None,
-            pools,
-            monitors,
-            drain: Drain::default(),
-        };
+        let mut running =
+            Running { config, listeners: BTreeMap::new(), admin: None, pools, monitors, metrics: Metrics::new(), drain: Drain::default() };
+        running.metrics.set_pools(running.pools.clone());
+        running.metrics.mark_loaded();
         for (l, sock) in bound {
             running.spawn_listener(l, sock);
         }
         if let Some(sock) = admin_sock {
             running.admin = sock.local_addr().ok();
             tracing::info!(addr = ?running.admin, "admin listening");
-            tokio::spawn(crate::admin::serve(sock, running.drain.signal()));
+            tokio::spawn(crate::admin::serve(sock, running.metrics.clone(), running.drain.signal()));
         }
         Ok(running)
     }
 
-    fn spawn_listener(&mut self, cfg: ListenerConfig, sock: TcpListener) {
+    fn spawn_listener(&mut self, cfg: ListenerConfig, sock: impl Into<Arc<TcpListener>>) {
+        let sock: Arc<TcpListener> = sock.into();
         let local = sock.local_addr().unwrap_or(cfg.bind);
         // Validation guarantees that the pool exists.
         let Some(pool) = self.pools.get(&cfg.pool) else {
             return;
         };
         let route: Route = Arc::new(ArcSwap::new(pool.clone()));
-        let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(
-            &cfg,
-            route.clone(),
-        )));
+        let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(&cfg, route.clone(), &self.metrics)));
         let stop = Drain::default();
         tracing::info!(listener = %cfg.name, addr = %local, mode = cfg.mode.as_str(), pool = %cfg.pool, "listening");
-        tokio::spawn(server::accept_loop(
-            sock,
-            runtime.clone(),
-            stop.signal(),
-            self.drain.signal(),
-        ));
-        self.listeners.insert(
-            cfg.name.clone(),
-            ListenerSlot {
-                cfg,
-                local,
-                route,
-                runtime,
-                stop,
-            },
-        );
+        tokio::spawn(server::accept_loop(sock.clone(), runtime.clone(), stop.signal(), self.drain.signal()));
+        self.listeners.insert(cfg.name.clone(), ListenerSlot { cfg, local, route, runtime, sock, stop });
     }
 
     /// Bound address of each listener, by name (useful when binding port 0).
@@ -204,6 +160,11 @@ impl Running {
     /// The live snapshot handle of a pool.
     pub fn pool(&self, name: &str) -> Option<&PoolHandle> {
         self.pools.get(name)
+    }
+
+    /// The process's metrics (what `GET /metrics` renders).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     pub fn config(&self) -> &Config {
@@ -222,6 +183,7 @@ impl Running {
             }
             Err(e) => Err(StartError::Config(e)),
         };
+        self.metrics.reload_result(result.is_ok());
         match &result {
             Ok(changes) => tracing::info!("reload applied: {changes}"),
             Err(e) => tracing::error!("reload rejected, keeping the running configuration: {e}"),
@@ -232,15 +194,22 @@ impl Running {
     /// Switches to `new`. Binds first; if a bind fails nothing has changed.
     pub fn apply(&mut self, new: Config) -> Result<Changes, StartError> {
         let changes = Changes::between(&self.config, &new);
-        // 1. Sockets for listeners that are new or moved. Dropped again if any bind fails.
+        // 1. Sockets for listeners that are new or moved. Dropped again if any bind fails. An
+        //    address held by a listener that goes away or moves (a renamed listener, two that
+        //    swap addresses) is handed over: binding it a second time would fail.
         let mut fresh = BTreeMap::new();
         for l in &new.listeners {
-            let rebind = self
-                .listeners
-                .get(&l.name)
-                .is_none_or(|s| s.cfg.bind != l.bind);
+            let rebind = self.listeners.get(&l.name).is_none_or(|s| s.cfg.bind != l.bind);
             if rebind {
-                fresh.insert(l.name.clone(), bind(l)?);
+                let leaving = |s: &ListenerSlot| !new.listeners.iter().any(|n| n.name == s.cfg.name && n.bind == s.cfg.bind);
+                let held = self.listeners.values().find(|s| {
+                    l.bind.port() != 0 && (s.cfg.bind == l.bind || s.local == l.bind) && leaving(s)
+                });
+                let sock = match held {
+                    Some(s) => s.sock.clone(),
+                    None => Arc::new(bind(l)?),
+                };
+                fresh.insert(l.name.clone(), sock);
             }
         }
         if new.admin != self.config.admin {
@@ -263,23 +232,20 @@ impl Running {
         for (name, old) in &self.pools {
             let kept = pools.get(name).map(|h| h.load_full());
             for b in old.load().backends.iter() {
-                if !kept
-                    .as_ref()
-                    .is_some_and(|k| k.backends.iter().any(|n| n.same_state(b)))
-                {
+                if !kept.as_ref().is_some_and(|k| k.backends.iter().any(|n| n.same_state(b))) {
                     b.conns().clear();
                 }
             }
         }
         self.pools = pools;
+        self.metrics.set_pools(self.pools.clone());
         // Health: probes follow the new backend sets; monitors of removed pools stop on drop.
         self.monitors.retain(|name, _| new.pools.contains_key(name));
         for (name, cfg) in &new.pools {
             match (self.monitors.get_mut(name), self.pools.get(name)) {
                 (Some(m), _) => m.update(cfg.health.clone()),
                 (None, Some(h)) => {
-                    self.monitors
-                        .insert(name.clone(), Monitor::start(h.clone(), cfg.health.clone()));
+                    self.monitors.insert(name.clone(), Monitor::start(h.clone(), cfg.health.clone()));
                 }
                 (None, None) => {}
             }
@@ -292,17 +258,20 @@ impl Running {
                 if let Some(slot) = self.listeners.remove(&name) {
                     slot.stop.trigger();
                 }
+                if !new.listeners.iter().any(|l| l.name == name) {
+                    self.metrics.forget_listener(&name);
+                }
             }
         }
         for l in &new.listeners {
             if let Some(sock) = fresh.remove(&l.name) {
                 self.spawn_listener(l.clone(), sock);
-            } else if let (Some(slot), Some(pool)) =
-                (self.listeners.get_mut(&l.name), self.pools.get(&l.pool))
-            {
+            } else if let (Some(slot), Some(pool)) = (self.listeners.get_mut(&l.name), self.pools.get(&l.pool)) {
                 slot.route.store(pool.clone());
-                slot.runtime
-                    .store(Arc::new(ListenerRuntime::new(l, slot.route.clone())));
+                let mut runtime = ListenerRuntime::new(l, slot.route.clone(), &self.metrics);
+                // Same socket, same open connections: the same connection limit.
+                runtime.inherit_limit(&slot.runtime.load());
+                slot.runtime.store(Arc::new(runtime));
                 slot.cfg = l.clone();
             }
         }
@@ -312,20 +281,16 @@ impl Running {
 
     /// Stops accepting, lets in-flight requests and sessions finish for up to `grace`, and
     /// reports whether everything finished in time.
-    pub async fn shutdown(self, grace: Duration) -> bool {
-        for slot in self.listeners.values() {
+    pub async fn shutdown(mut self, grace: Duration) -> bool {
+        // The slots hold a share of each socket: drop them, so that the sockets close (new
+        // connections are refused) as soon as the accept loops stop.
+        for slot in std::mem::take(&mut self.listeners).into_values() {
             slot.stop.trigger();
         }
         self.drain.trigger();
-        let finished = tokio::time::timeout(grace, self.drain.drained())
-            .await
-            .is_ok();
+        let finished = tokio::time::timeout(grace, self.drain.drained()).await.is_ok();
         if !finished {
-            tracing::warn!(
-                remaining = self.drain.watchers(),
-                ?grace,
-                "shutdown deadline passed; closing what is left"
-            );
+            tracing::warn!(remaining = self.drain.watchers(), ?grace, "shutdown deadline passed; closing what is left");
         }
         finished
     }

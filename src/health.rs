@@ -54,9 +54,7 @@ pub struct HealthState {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Default for HealthState {
@@ -83,10 +81,7 @@ impl HealthState {
     /// row while down).
     pub fn record_success(&self, rise: u32) -> bool {
         self.fail_streak.store(0, Ordering::Relaxed);
-        let streak = self
-            .ok_streak
-            .fetch_add(1, Ordering::AcqRel)
-            .saturating_add(1);
+        let streak = self.ok_streak.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         streak >= rise && self.transition(false, true)
     }
 
@@ -94,10 +89,7 @@ impl HealthState {
     /// row while up).
     pub fn record_failure(&self, fall: u32) -> bool {
         self.ok_streak.store(0, Ordering::Relaxed);
-        let streak = self
-            .fail_streak
-            .fetch_add(1, Ordering::AcqRel)
-            .saturating_add(1);
+        let streak = self.fail_streak.fetch_add(1, Ordering::AcqRel).saturating_add(1);
         streak >= fall && self.transition(true, false)
     }
 
@@ -116,10 +108,7 @@ impl HealthState {
     }
 
     fn transition(&self, from: bool, to: bool) -> bool {
-        let won = self
-            .up
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok();
+        let won = self.up.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok();
         if won {
             self.ok_streak.store(0, Ordering::Relaxed);
             self.fail_streak.store(0, Ordering::Relaxed);
@@ -145,18 +134,11 @@ impl HealthState {
             2 => CheckResult::Failure,
             _ => CheckResult::None,
         };
-        (
-            r,
-            self.last_reason
-                .lock()
-                .map(|s| s.clone())
-                .unwrap_or_default(),
-        )
+        (r, self.last_reason.lock().map(|s| s.clone()).unwrap_or_default())
     }
 
     fn set_last_check(&self, ok: bool, reason: &str) {
-        self.last_check
-            .store(if ok { 1 } else { 2 }, Ordering::Relaxed);
+        self.last_check.store(if ok { 1 } else { 2 }, Ordering::Relaxed);
         if let Ok(mut r) = self.last_reason.lock() {
             r.clear();
             r.push_str(reason);
@@ -174,9 +156,7 @@ pub fn passive_failure(pool: &Pool, backend: &Backend, why: &str) {
 
 /// A snapshot whose `up` set is read from the backends' health atomics.
 pub fn up_from_health(backends: &[Arc<Backend>]) -> Vec<usize> {
-    (0..backends.len())
-        .filter(|&i| backends[i].health().is_up())
-        .collect()
+    (0..backends.len()).filter(|&i| backends[i].health().is_up()).collect()
 }
 
 /// Publishes a new snapshot if the health atomics disagree with the current one's `up` set.
@@ -204,12 +184,7 @@ impl Monitor {
     pub fn start(handle: PoolHandle, cfg: Option<HealthConfig>) -> Monitor {
         let events = handle.load().settings.events.clone();
         let publisher = tokio::spawn(publish_loop(handle.clone(), events, cfg.is_none()));
-        let mut m = Monitor {
-            handle,
-            cfg,
-            publisher,
-            probes: HashMap::new(),
-        };
+        let mut m = Monitor { handle, cfg, publisher, probes: HashMap::new() };
         m.sync_probes();
         m
     }
@@ -314,10 +289,12 @@ async fn probe_loop(handle: PoolHandle, addr: SocketAddr, cfg: HealthConfig) {
         let h = backend.health();
         let transitioned = match &outcome {
             Ok(()) => {
+                backend.metrics().checks_ok.inc();
                 h.set_last_check(true, "");
                 h.record_success(cfg.rise)
             }
             Err(reason) => {
+                backend.metrics().checks_failed.inc();
                 h.set_last_check(false, reason);
                 h.record_failure(cfg.fall)
             }
@@ -338,9 +315,7 @@ async fn probe_loop(handle: PoolHandle, addr: SocketAddr, cfg: HealthConfig) {
 
 /// One probe: a TCP connect, and for `kind = "http"` a `GET path` whose status must be 2xx.
 async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect failed: {e}"))?;
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect failed: {e}"))?;
     if cfg.kind == HealthKind::Tcp {
         return Ok(());
     }
@@ -349,18 +324,12 @@ async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
         "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         cfg.path
     );
-    stream
-        .write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("write failed: {e}"))?;
+    stream.write_all(req.as_bytes()).await.map_err(|e| format!("write failed: {e}"))?;
     // The status line fits in the first bytes; the rest of the answer is not needed.
     let mut buf = [0u8; 64];
     let mut len = 0;
     while len < 12 {
-        let n = stream
-            .read(&mut buf[len..])
-            .await
-            .map_err(|e| format!("read failed: {e}"))?;
+        let n = stream.read(&mut buf[len..]).await.map_err(|e| format!("read failed: {e}"))?;
         if n == 0 {
             return Err("connection closed before a status line".into());
         }
@@ -435,11 +404,7 @@ mod tests {
         let mut states = Vec::new();
         for tick in 0..100 {
             let healthy = (tick / 10) % 2 == 0; // 10 ticks = 1 s per phase
-            let t = if healthy {
-                h.record_success(rise)
-            } else {
-                h.record_failure(fall)
-            };
+            let t = if healthy { h.record_success(rise) } else { h.record_failure(fall) };
             transitions += t as u32;
             states.push(h.is_up());
         }

@@ -25,6 +25,7 @@ pub mod app;
 pub mod balance;
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

@@ -16,6 +16,7 @@ use tokio::sync::Notify;
 use crate::balance::{self, Cursor, Strategy, StrategyKind};
 use crate::config::defaults;
 use crate::health::HealthState;
+use crate::metrics::BackendMetrics;
 use crate::proxy::upstream::ConnPool;
 
 /// One upstream server. Shared (`Arc`) by every snapshot that contains it.
@@ -38,26 +39,18 @@ pub struct BackendState {
     pub conns: ConnPool,
     /// Up/down and the rise/fall counters.
     pub health: HealthState,
+    /// This backend's metric series (kept across reloads, gone with the backend).
+    pub metrics: BackendMetrics,
 }
 
 impl Backend {
     pub fn new(name: impl Into<String>, addr: SocketAddr, weight: u32) -> Self {
-        Backend {
-            name: name.into(),
-            addr,
-            weight: weight.max(1),
-            state: Arc::default(),
-        }
+        Backend { name: name.into(), addr, weight: weight.max(1), state: Arc::default() }
     }
 
     /// The same backend (same counters, connections and health) under a new weight.
     pub fn reweighted(&self, weight: u32) -> Self {
-        Backend {
-            name: self.name.clone(),
-            addr: self.addr,
-            weight: weight.max(1),
-            state: self.state.clone(),
-        }
+        Backend { name: self.name.clone(), addr: self.addr, weight: weight.max(1), state: self.state.clone() }
     }
 
     /// True when both share their state (one is a reweighted copy of the other).
@@ -78,6 +71,11 @@ impl Backend {
     /// Health state, shared by every snapshot and kept across reloads.
     pub fn health(&self) -> &HealthState {
         &self.state.health
+    }
+
+    /// Metric series of this backend.
+    pub fn metrics(&self) -> &BackendMetrics {
+        &self.state.metrics
     }
 
     /// Counts one request in flight until the returned guard drops.
@@ -169,15 +167,7 @@ impl Pool {
     ) -> Self {
         debug_assert!(up.windows(2).all(|w| w[0] < w[1]) && up.iter().all(|&i| i < backends.len()));
         let strategy = balance::build(kind, &backends, &up, cursor.clone());
-        Pool {
-            name,
-            backends,
-            up,
-            kind,
-            settings,
-            cursor,
-            strategy,
-        }
+        Pool { name, backends, up, kind, settings, cursor, strategy }
     }
 
     /// A snapshot with every backend in rotation.
@@ -193,14 +183,7 @@ impl Pool {
 
     /// The same pool with a different set of backends in rotation (after a health change).
     pub fn with_up(&self, up: Vec<usize>) -> Pool {
-        Pool::new(
-            self.name.clone(),
-            self.backends.clone(),
-            up,
-            self.kind,
-            self.settings.clone(),
-            self.cursor.clone(),
-        )
+        Pool::new(self.name.clone(), self.backends.clone(), up, self.kind, self.settings.clone(), self.cursor.clone())
     }
 
     /// Chooses a backend in rotation that is not in `tried`; `None` when none is left.

@@ -19,25 +19,18 @@ impl Changes {
         let mut items = Vec::new();
         for (name, pool) in &new.pools {
             let Some(prev) = old.pools.get(name) else {
-                items.push(format!(
-                    "pool {name} added ({} backends)",
-                    pool.backends.len()
-                ));
+                items.push(format!("pool {name} added ({} backends)", pool.backends.len()));
                 continue;
             };
             if prev.strategy != pool.strategy {
-                items.push(format!(
-                    "pool {name} strategy {} -> {}",
-                    prev.strategy, pool.strategy
-                ));
+                items.push(format!("pool {name} strategy {} -> {}", prev.strategy, pool.strategy));
             }
             for b in &pool.backends {
                 match prev.backends.iter().find(|p| p.addr == b.addr) {
                     None => items.push(format!("pool {name} backend {} added", b.name)),
-                    Some(p) if p.weight != b.weight => items.push(format!(
-                        "pool {name} backend {} reweighted {} -> {}",
-                        b.name, p.weight, b.weight
-                    )),
+                    Some(p) if p.weight != b.weight => {
+                        items.push(format!("pool {name} backend {} reweighted {} -> {}", b.name, p.weight, b.weight))
+                    }
                     Some(p) if p.name != b.name => {
                         items.push(format!("pool {name} backend {} renamed {}", p.name, b.name))
                     }
@@ -66,13 +59,10 @@ impl Changes {
         for l in &new.listeners {
             match old.listeners.iter().find(|o| o.name == l.name) {
                 None => items.push(format!("listener {} added on {}", l.name, l.bind)),
-                Some(o) if o.bind != l.bind => items.push(format!(
-                    "listener {} moved {} -> {}",
-                    l.name, o.bind, l.bind
-                )),
-                Some(o) if o.pool != l.pool => {
-                    items.push(format!("listener {} pool {} -> {}", l.name, o.pool, l.pool))
+                Some(o) if o.bind != l.bind => {
+                    items.push(format!("listener {} moved {} -> {}", l.name, o.bind, l.bind))
                 }
+                Some(o) if o.pool != l.pool => items.push(format!("listener {} pool {} -> {}", l.name, o.pool, l.pool)),
                 Some(o) if o != l => items.push(format!("listener {} settings changed", l.name)),
                 Some(_) => {}
             }

@@ -16,7 +16,10 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+use prometheus::{IntCounter, IntGauge};
+
 use crate::config::{ListenerConfig, Mode};
+use crate::metrics::Metrics;
 use crate::pool::Route;
 use crate::proxy::{tcp, HttpProxy};
 use crate::shutdown::Signal;
@@ -34,18 +37,46 @@ pub struct ListenerRuntime {
     pub route: Route,
     pub http: Arc<HttpProxy>,
     builder: auto::Builder<TokioExecutor>,
+    /// `max_connections` permits; shared by every runtime of one listener socket (see
+    /// [`ListenerRuntime::inherit_limit`]).
     limit: Arc<Semaphore>,
+    max_connections: u32,
+    counters: ListenerCounters,
+}
+
+/// This listener's metric children, resolved once so the accept path does no label lookup.
+struct ListenerCounters {
+    open: IntGauge,
+    total: IntCounter,
+    /// Bytes from and to clients; tcp listeners only.
+    tcp: Option<(IntCounter, IntCounter)>,
+}
+
+/// Counts a connection as open while it lives.
+struct OpenConnection(IntGauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl ListenerRuntime {
-    pub fn new(cfg: &ListenerConfig, route: Route) -> Self {
+    pub fn new(cfg: &ListenerConfig, route: Route, metrics: &Arc<Metrics>) -> Self {
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let scheme = if cfg.tls.is_empty() { "http" } else { "https" };
-        let http = Arc::new(HttpProxy {
-            listener: name.clone(),
-            route: route.clone(),
-            scheme,
-        });
+        let http =
+            Arc::new(HttpProxy { listener: name.clone(), route: route.clone(), scheme, metrics: metrics.clone() });
+        let counters = ListenerCounters {
+            open: metrics.connections_open.with_label_values(&[&cfg.name]),
+            total: metrics.connections_total.with_label_values(&[&cfg.name]),
+            tcp: (cfg.mode == Mode::Tcp).then(|| {
+                (
+                    metrics.tcp_bytes.with_label_values(&[cfg.name.as_str(), "in"]),
+                    metrics.tcp_bytes.with_label_values(&[cfg.name.as_str(), "out"]),
+                )
+            }),
+        };
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder
             .http1()
@@ -68,6 +99,34 @@ impl ListenerRuntime {
             http,
             builder,
             limit: Arc::new(Semaphore::new(cfg.max_connections as usize)),
+            max_connections: cfg.max_connections,
+            counters,
+        }
+    }
+}
+
+impl ListenerRuntime {
+    /// Takes over the connection limit of `prev`, the runtime this one replaces on the same
+    /// socket (a reload). Open connections hold permits of `prev`'s semaphore: a fresh one would
+    /// let the listener exceed `max_connections` by everything still open. The shared semaphore
+    /// is resized to this runtime's `max_connections`; a shrink below what is in use takes
+    /// effect as connections close.
+    pub fn inherit_limit(&mut self, prev: &ListenerRuntime) {
+        self.limit = prev.limit.clone();
+        let (old, new) = (prev.max_connections as usize, self.max_connections as usize);
+        if new > old {
+            self.limit.add_permits(new - old);
+        } else if new < old {
+            let short = (old - new) - self.limit.forget_permits(old - new);
+            if short > 0 {
+                // The semaphore is fair: this waits ahead of the accept loop for permits.
+                let limit = self.limit.clone();
+                tokio::spawn(async move {
+                    if let Ok(p) = limit.acquire_many_owned(short as u32).await {
+                        p.forget();
+                    }
+                });
+            }
         }
     }
 }
@@ -75,11 +134,7 @@ impl ListenerRuntime {
 /// Binds a listening socket with SO_REUSEADDR and a deep backlog (connections beyond
 /// `max_connections` wait there rather than being refused).
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
@@ -87,8 +142,10 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Accepts until `stop` (this listener removed) or `drain` (shutdown) is triggered. Each
 /// connection runs in its own task holding a permit of the connection limit and a drain signal.
+/// The socket is shared so that a reload can hand it to another listener (renamed, or
+/// addresses swapped); it closes when the last holder drops it.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: Arc<TcpListener>,
     rt: Arc<ArcSwap<ListenerRuntime>>,
     mut stop: Signal,
     mut signal: Signal,
@@ -136,18 +193,26 @@ async fn accept_backoff(listener: &str, e: &io::Error, last: &mut Option<Instant
 
 async fn serve(stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, mut signal: Signal) {
     let _ = stream.set_nodelay(true);
+    rt.counters.total.inc();
+    rt.counters.open.inc();
+    let _open = OpenConnection(rt.counters.open.clone());
     match rt.mode {
         Mode::Tcp => {
             // A TCP session is left to finish on its own when draining; the process-level
             // deadline bounds it.
-            let _ = tcp::proxy_connection(stream, peer, &rt.route).await;
+            if let Some((from_client, to_client)) =
+                tcp::proxy_connection(stream, peer, &rt.route, &rt.http.metrics).await
+            {
+                if let Some((from, to)) = &rt.counters.tcp {
+                    from.inc_by(from_client);
+                    to.inc_by(to_client);
+                }
+            }
         }
         Mode::Http => {
             let proxy = rt.http.clone();
             let svc = hyper::service::service_fn(move |req| proxy.clone().handle(req, peer));
-            let conn = rt
-                .builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let conn = rt.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
                 res = conn.as_mut() => {

@@ -21,17 +21,13 @@ pub struct Signal {
 
 impl Default for Drain {
     fn default() -> Self {
-        Drain {
-            tx: watch::channel(false).0,
-        }
+        Drain { tx: watch::channel(false).0 }
     }
 }
 
 impl Drain {
     pub fn signal(&self) -> Signal {
-        Signal {
-            rx: self.tx.subscribe(),
-        }
+        Signal { rx: self.tx.subscribe() }
     }
 
     /// Tells every watcher to wind down.

@@ -25,11 +25,7 @@ fn pool_toml(strategy: &str, backends: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_gives_each_backend_exactly_n_of_k_times_n() {
     let b = three(["a", "b", "c"]).await;
-    let lb = start_lb(&pool_toml(
-        "round_robin",
-        &backends_toml(&[&b[0], &b[1], &b[2]]),
-    ))
-    .await;
+    let lb = start_lb(&pool_toml("round_robin", &backends_toml(&[&b[0], &b[1], &b[2]]))).await;
     let addr = lb.listener_addr("web").unwrap();
     let client = client();
     let mut order = Vec::new();
@@ -41,10 +37,7 @@ async fn round_robin_gives_each_backend_exactly_n_of_k_times_n() {
     assert_eq!((b[0].hits(), b[1].hits(), b[2].hits()), (100, 100, 100));
     // Strict rotation: every window of 3 consecutive answers names three different backends.
     for w in order.windows(3) {
-        assert!(
-            w[0] != w[1] && w[1] != w[2] && w[0] != w[2],
-            "not a rotation: {w:?}"
-        );
+        assert!(w[0] != w[1] && w[1] != w[2] && w[0] != w[2], "not a rotation: {w:?}");
     }
 }
 
@@ -68,16 +61,9 @@ async fn weighted_gives_each_backend_its_weight_in_every_window() {
         for name in window {
             *counts.entry(name.as_str()).or_default() += 1;
         }
-        assert_eq!(
-            (counts["a"], counts["b"], counts["c"]),
-            (1, 2, 3),
-            "window {window:?}"
-        );
+        assert_eq!((counts["a"], counts["b"], counts["c"]), (1, 2, 3), "window {window:?}");
         // Interleaved, not in bursts: the heaviest never answers three times in a row.
-        assert!(
-            !window.windows(3).any(|w| w.iter().all(|n| n == "c")),
-            "burst in {window:?}"
-        );
+        assert!(!window.windows(3).any(|w| w.iter().all(|n| n == "c")), "burst in {window:?}");
     }
 }
 
@@ -92,12 +78,7 @@ async fn random_spreads_uniformly() {
     }
     // Expected 500 each, standard deviation ~18: ±100 is over five deviations.
     for x in &b {
-        assert!(
-            (400..=600).contains(&x.hits()),
-            "{} got {} of 1500",
-            x.name,
-            x.hits()
-        );
+        assert!((400..=600).contains(&x.hits()), "{} got {} of 1500", x.name, x.hits());
     }
 }
 
@@ -113,9 +94,7 @@ async fn least_connections_steers_fresh_requests_away_from_busy_backends() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let c = client.clone();
-        tasks.push(tokio::spawn(async move {
-            get(&c, addr, "/slowif/a/1500").await.0
-        }));
+        tasks.push(tokio::spawn(async move { get(&c, addr, "/slowif/a/1500").await.0 }));
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     for t in tasks {
@@ -131,11 +110,7 @@ async fn least_connections_steers_fresh_requests_away_from_busy_backends() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_clients_keep_round_robin_exact() {
     let b = three(["a", "b", "c"]).await;
-    let lb = start_lb(&pool_toml(
-        "round_robin",
-        &backends_toml(&[&b[0], &b[1], &b[2]]),
-    ))
-    .await;
+    let lb = start_lb(&pool_toml("round_robin", &backends_toml(&[&b[0], &b[1], &b[2]]))).await;
     let addr = lb.listener_addr("web").unwrap();
     let mut tasks = Vec::new();
     for _ in 0..8 {

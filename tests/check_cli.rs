@@ -15,12 +15,7 @@ fn check(name: &str, toml: &str) -> (PathBuf, Outcome) {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("lb.toml");
     std::fs::write(&path, toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lb"))
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lb")).arg("--config").arg(&path).arg("--check").output().unwrap();
     let outcome = Outcome {
         ok: out.status.success(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -57,16 +52,8 @@ fn rejects(name: &str, toml: &str, line: usize, needle: &str) {
     let (path, out) = check(name, toml);
     assert!(!out.ok, "{name}: accepted\n{}", out.stdout);
     let prefix = format!("{}:{line}:", path.display());
-    assert!(
-        out.stderr.starts_with(&prefix),
-        "{name}: expected location {prefix}, got: {}",
-        out.stderr
-    );
-    assert!(
-        out.stderr.contains(needle),
-        "{name}: expected {needle:?} in: {}",
-        out.stderr
-    );
+    assert!(out.stderr.starts_with(&prefix), "{name}: expected location {prefix}, got: {}", out.stderr);
+    assert!(out.stderr.contains(needle), "{name}: expected {needle:?} in: {}", out.stderr);
 }
 
 #[test]
@@ -97,53 +84,29 @@ fn syntax_errors_have_line_and_column() {
 
 #[test]
 fn unknown_keys_are_named() {
-    rejects(
-        "unknown-key",
-        &GOOD.replace("connect_timeout", "conect_timeout"),
-        16,
-        "unknown field `conect_timeout`",
-    );
+    rejects("unknown-key", &GOOD.replace("connect_timeout", "conect_timeout"), 16, "unknown field `conect_timeout`");
 }
 
 #[test]
 fn unknown_strategy_is_named() {
-    rejects(
-        "strategy",
-        &GOOD.replace("\"weighted\"", "\"fastest\""),
-        11,
-        "unknown variant `fastest`",
-    );
+    rejects("strategy", &GOOD.replace("\"weighted\"", "\"fastest\""), 11, "unknown variant `fastest`");
 }
 
 #[test]
 fn listener_naming_a_missing_pool() {
-    rejects(
-        "missing-pool",
-        &GOOD.replace("pool = \"app\"", "pool = \"api\""),
-        8,
-        "pool \"api\", which is not defined",
-    );
+    rejects("missing-pool", &GOOD.replace("pool = \"app\"", "pool = \"api\""), 8, "pool \"api\", which is not defined");
 }
 
 #[test]
 fn duplicate_listener_names() {
-    let toml = format!(
-        "{GOOD}\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8081\"\npool = \"app\"\n"
-    );
+    let toml = format!("{GOOD}\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8081\"\npool = \"app\"\n");
     rejects("dup-listener", &toml, 24, "duplicate listener name \"web\"");
 }
 
 #[test]
 fn duplicate_binds() {
-    let toml = format!(
-        "{GOOD}\n[[listeners]]\nname = \"other\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n"
-    );
-    rejects(
-        "dup-bind",
-        &toml,
-        25,
-        "binds 127.0.0.1:8080 which web already binds",
-    );
+    let toml = format!("{GOOD}\n[[listeners]]\nname = \"other\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n");
+    rejects("dup-bind", &toml, 25, "binds 127.0.0.1:8080 which web already binds");
 }
 
 #[test]
@@ -154,30 +117,10 @@ fn zero_backends() {
 
 #[test]
 fn weight_zero_and_bad_addresses() {
-    rejects(
-        "weight0",
-        &GOOD.replace("weight = 3", "weight = 0"),
-        14,
-        "weight must be at least 1",
-    );
-    rejects(
-        "bad-addr",
-        &GOOD.replace("127.0.0.1:9001", "127.0.0.1"),
-        13,
-        "invalid backend address \"127.0.0.1\"",
-    );
-    rejects(
-        "bad-port",
-        &GOOD.replace("127.0.0.1:9001", "127.0.0.1:99999"),
-        13,
-        "invalid backend address",
-    );
-    rejects(
-        "dup-backend",
-        &GOOD.replace("127.0.0.1:9002", "127.0.0.1:9001"),
-        14,
-        "duplicate backend 127.0.0.1:9001",
-    );
+    rejects("weight0", &GOOD.replace("weight = 3", "weight = 0"), 14, "weight must be at least 1");
+    rejects("bad-addr", &GOOD.replace("127.0.0.1:9001", "127.0.0.1"), 13, "invalid backend address \"127.0.0.1\"");
+    rejects("bad-port", &GOOD.replace("127.0.0.1:9001", "127.0.0.1:99999"), 13, "invalid backend address");
+    rejects("dup-backend", &GOOD.replace("127.0.0.1:9002", "127.0.0.1:9001"), 14, "duplicate backend 127.0.0.1:9001");
 }
 
 #[test]
@@ -198,41 +141,24 @@ fn durations_that_do_not_parse() {
 
 #[test]
 fn unreadable_tls_files() {
-    let toml = GOOD.replace(
-        "pool = \"app\"",
-        "pool = \"app\"\ntls = [{ cert = \"missing.pem\", key = \"missing.key\" }]",
-    );
+    let toml =
+        GOOD.replace("pool = \"app\"", "pool = \"app\"\ntls = [{ cert = \"missing.pem\", key = \"missing.key\" }]");
     rejects("tls", &toml, 9, "cannot read TLS certificate file");
 }
 
 #[test]
 fn health_settings_are_validated() {
-    rejects(
-        "rise0",
-        &format!("{GOOD}rise = 0\n"),
-        22,
-        "rise must be at least 1",
-    );
-    rejects(
-        "kind",
-        &GOOD.replace("kind = \"http\"", "kind = \"icmp\""),
-        19,
-        "unknown variant `icmp`",
-    );
+    rejects("rise0", &format!("{GOOD}rise = 0\n"), 22, "rise must be at least 1");
+    rejects("kind", &GOOD.replace("kind = \"http\"", "kind = \"icmp\""), 19, "unknown variant `icmp`");
 }
 
 #[test]
 fn round_robin_with_weights_warns_but_passes() {
-    let (path, out) = check(
-        "rr-weights",
-        &GOOD.replace("\"weighted\"", "\"round_robin\""),
-    );
+    let (path, out) = check("rr-weights", &GOOD.replace("\"weighted\"", "\"round_robin\""));
     assert!(out.ok, "{}", out.stderr);
     assert!(
-        out.stderr.starts_with(&format!(
-            "{}:11:12: warning: pool \"app\": round_robin ignores weights",
-            path.display()
-        )),
+        out.stderr
+            .starts_with(&format!("{}:11:12: warning: pool \"app\": round_robin ignores weights", path.display())),
         "{}",
         out.stderr
     );
@@ -240,34 +166,19 @@ fn round_robin_with_weights_warns_but_passes() {
 
 #[test]
 fn a_missing_file_is_an_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lb"))
-        .args(["--config", "/nonexistent/lb.toml", "--check"])
-        .output()
-        .unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lb")).args(["--config", "/nonexistent/lb.toml", "--check"]).output().unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr)
-        .starts_with("/nonexistent/lb.toml: cannot read config"));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("/nonexistent/lb.toml: cannot read config"));
 }
 
 #[test]
 fn version_and_help() {
-    let v = Command::new(env!("CARGO_BIN_EXE_lb"))
-        .arg("--version")
-        .output()
-        .unwrap();
+    let v = Command::new(env!("CARGO_BIN_EXE_lb")).arg("--version").output().unwrap();
     assert!(v.status.success());
-    assert_eq!(
-        String::from_utf8_lossy(&v.stdout).trim(),
-        format!("lb {}", env!("CARGO_PKG_VERSION"))
-    );
-    let h = Command::new(env!("CARGO_BIN_EXE_lb"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), format!("lb {}", env!("CARGO_PKG_VERSION")));
+    let h = Command::new(env!("CARGO_BIN_EXE_lb")).arg("--help").output().unwrap();
     assert!(h.status.success());
     let help = String::from_utf8_lossy(&h.stdout);
-    assert!(
-        help.contains("--config") && help.contains("--check") && help.contains("SIGHUP"),
-        "{help}"
-    );
+    assert!(help.contains("--config") && help.contains("--check") && help.contains("SIGHUP"), "{help}");
 }

@@ -66,11 +66,7 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<(usize, usize)>>) -> (usize, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_killed_under_load_costs_no_request_and_comes_back() {
-    let (a, b, c) = (
-        TestBackend::start("a").await,
-        TestBackend::start("b").await,
-        TestBackend::start("c").await,
-    );
+    let (a, b, c) = (TestBackend::start("a").await, TestBackend::start("b").await, TestBackend::start("c").await);
     let lb = start_lb(&config(&backends_toml(&[&a, &b, &c]), "")).await;
     let addr = lb.listener_addr("web").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -81,11 +77,7 @@ async fn a_backend_killed_under_load_costs_no_request_and_comes_back() {
     let killed_at = Instant::now();
     // Down within fall × interval plus one probe timeout (passive marks usually do it sooner).
     let bound = Duration::from_millis(FALL * INTERVAL_MS + TIMEOUT_MS);
-    assert!(
-        eventually(bound + Duration::from_secs(1), || !up_names(&lb, "app")
-            .contains(&"b".to_string()))
-        .await
-    );
+    assert!(eventually(bound + Duration::from_secs(1), || !up_names(&lb, "app").contains(&"b".to_string())).await);
     let noticed = killed_at.elapsed();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -93,10 +85,8 @@ async fn a_backend_killed_under_load_costs_no_request_and_comes_back() {
     let b2 = TestBackend::start_on("b", b.addr).await;
     let restarted_at = Instant::now();
     assert!(
-        eventually(
-            Duration::from_millis(RISE * INTERVAL_MS) + Duration::from_secs(1),
-            || up_names(&lb, "app").len() == 3
-        )
+        eventually(Duration::from_millis(RISE * INTERVAL_MS) + Duration::from_secs(1), || up_names(&lb, "app").len()
+            == 3)
         .await
     );
     let back = restarted_at.elapsed();
@@ -107,9 +97,7 @@ async fn a_backend_killed_under_load_costs_no_request_and_comes_back() {
     assert_eq!(failed, 0, "{failed} failed requests of {}", ok + failed);
     assert!(ok > 100, "load too light to mean anything: {ok}");
     assert!(b2.hits() > 0, "restarted backend got no traffic");
-    eprintln!(
-        "down noticed after {noticed:?} (bound {bound:?}); back after {back:?}; {ok} requests"
-    );
+    eprintln!("down noticed after {noticed:?} (bound {bound:?}); back after {back:?}; {ok} requests");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,11 +129,7 @@ async fn a_black_hole_backend_is_routed_around() {
     let addr = lb.listener_addr("web").unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(addr, 4, stop.clone());
-    assert!(
-        eventually(Duration::from_secs(3), || !up_names(&lb, "app")
-            .contains(&"hole".to_string()))
-        .await
-    );
+    assert!(eventually(Duration::from_secs(3), || !up_names(&lb, "app").contains(&"hole".to_string())).await);
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     let (ok, failed) = finish(tasks).await;
@@ -160,33 +144,18 @@ async fn a_post_that_reached_a_dying_backend_is_not_replayed() {
     let lb = start_lb(&config(&backends_toml(&[&a, &b]), "")).await;
     let addr = lb.listener_addr("web").unwrap();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = http::Request::post("/drop")
-        .header("host", "h")
-        .body(Full::new(Bytes::from_static(b"order=1")))
-        .unwrap();
+    let req = http::Request::post("/drop").header("host", "h").body(Full::new(Bytes::from_static(b"order=1"))).unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 502);
     // Exactly one backend saw the POST.
-    assert_eq!(
-        a.hits() + b.hits(),
-        1,
-        "replayed: a={} b={}",
-        a.hits(),
-        b.hits()
-    );
+    assert_eq!(a.hits() + b.hits(), 1, "replayed: a={} b={}", a.hits(), b.hits());
     // A GET without a body dropped the same way *is* retried on the other backend.
     let (a0, b0) = (a.hits(), b.hits());
     let (status, _, _) = get(&client(), addr, "/drop").await;
     assert_eq!(status, 502, "both backends drop /drop");
-    assert_eq!(
-        a.hits() - a0 + b.hits() - b0,
-        2,
-        "idempotent GET tried on both"
-    );
+    assert_eq!(a.hits() - a0 + b.hits() - b0, 2, "idempotent GET tried on both");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -235,14 +204,8 @@ async fn all_backends_killed_gives_503_once_detected() {
     // kill() takes effect asynchronously, so a first request may still be answered; then
     // connect failures give 502 until `fall` (3) failures per backend were seen; then 503 only.
     let first_503 = statuses.iter().position(|s| *s == 503).expect("never 503");
-    assert!(
-        statuses[..first_503].iter().all(|s| *s == 200 || *s == 502),
-        "{statuses:?}"
-    );
-    assert!(
-        statuses[first_503..].iter().all(|s| *s == 503),
-        "{statuses:?}"
-    );
+    assert!(statuses[..first_503].iter().all(|s| *s == 200 || *s == 502), "{statuses:?}");
+    assert!(statuses[first_503..].iter().all(|s| *s == 503), "{statuses:?}");
     assert!(up_names(&lb, "app").is_empty());
 }
 
@@ -276,10 +239,7 @@ async fn in_flight_counts_return_to_zero_after_mixed_outcomes() {
         tasks.push(tokio::spawn(async move {
             let c = client();
             for p in ["/", "/drop", "/slow/20", "/status/500"] {
-                let _ = c
-                    .get(format!("http://{addr}{p}").parse().unwrap())
-                    .await
-                    .map(|r| r.into_body());
+                let _ = c.get(format!("http://{addr}{p}").parse().unwrap()).await.map(|r| r.into_body());
             }
             done.fetch_add(1, Ordering::SeqCst);
         }));
@@ -288,11 +248,5 @@ async fn in_flight_counts_return_to_zero_after_mixed_outcomes() {
         t.await.unwrap();
     }
     let pool = lb.pool("app").unwrap().load_full();
-    assert!(
-        eventually(Duration::from_secs(2), || pool
-            .backends
-            .iter()
-            .all(|x| x.in_flight() == 0))
-        .await
-    );
+    assert!(eventually(Duration::from_secs(2), || pool.backends.iter().all(|x| x.in_flight() == 0)).await);
 }

@@ -55,15 +55,7 @@ async fn hop_by_hop_request_headers_are_removed() {
     .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let h = b.last_seen().headers;
-    for gone in [
-        "connection",
-        "x-secret",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-    ] {
+    for gone in ["connection", "x-secret", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"] {
         assert!(h.get(gone).is_none(), "{gone} reached the backend: {h:?}");
     }
     assert_eq!(h["x-kept"], "yes");
@@ -85,14 +77,10 @@ async fn http2_prior_knowledge_clients_are_served() {
     let addr = lb.listener_addr("web").unwrap();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .unwrap();
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     for i in 0..3 {
-        let req = http::Request::get(format!("http://app.example/h2/{i}"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let req = http::Request::get(format!("http://app.example/h2/{i}")).body(Full::new(Bytes::new())).unwrap();
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), http::Version::HTTP_2);
@@ -116,11 +104,7 @@ async fn websocket_upgrade_is_tunnelled() {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut byte).await.unwrap(),
-            1,
-            "closed before the 101 head ended"
-        );
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
         head.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&head).to_lowercase();
@@ -129,10 +113,7 @@ async fn websocket_upgrade_is_tunnelled() {
     for msg in [&b"hello"[..], b"through the tunnel"] {
         s.write_all(msg).await.unwrap();
         let mut buf = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.unwrap().unwrap();
         assert_eq!(buf, msg);
     }
 }
@@ -142,14 +123,9 @@ async fn responses_stream_without_waiting_for_the_whole_body() {
     let (b, lb) = one_backend().await;
     let addr = lb.listener_addr("web").unwrap();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get("/stream")
-        .header("host", "h")
-        .body(Full::new(Bytes::new()))
-        .unwrap();
+    let req = http::Request::get("/stream").header("host", "h").body(Full::new(Bytes::new())).unwrap();
     let mut body = send.send_request(req).await.unwrap().into_body();
     // The backend holds its second chunk until released: the first must arrive before that.
     let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
@@ -169,14 +145,9 @@ async fn large_request_bodies_pass_intact() {
     let addr = lb.listener_addr("web").unwrap();
     let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
-    let req = http::Request::post("/echo")
-        .header("host", "h")
-        .body(Full::new(Bytes::from(payload.clone())))
-        .unwrap();
+    let req = http::Request::post("/echo").header("host", "h").body(Full::new(Bytes::from(payload.clone()))).unwrap();
     let resp = send.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
     let echoed = resp.into_body().collect().await.unwrap().to_bytes();
@@ -188,15 +159,8 @@ async fn large_request_bodies_pass_intact() {
 #[tokio::test]
 async fn dead_backend_gives_a_plain_502_without_backend_headers() {
     // Bind and drop a socket to get a port nobody listens on.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let lb = start_lb(&config(
-        &format!("backends = [{{ addr = \"{dead}\" }}]"),
-        "connect_timeout = \"500ms\"",
-    ))
-    .await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let lb = start_lb(&config(&format!("backends = [{{ addr = \"{dead}\" }}]"), "connect_timeout = \"500ms\"")).await;
     let (status, body, headers) = get(&client(), lb.listener_addr("web").unwrap(), "/").await;
     assert_eq!(status, 502);
     assert_eq!(headers["content-type"], "text/plain; charset=utf-8");
@@ -208,43 +172,30 @@ async fn dead_backend_gives_a_plain_502_without_backend_headers() {
 #[tokio::test]
 async fn slow_backend_gives_504_after_request_timeout() {
     let b = TestBackend::start("a").await;
-    let lb = start_lb(&config(
-        &backends_toml(&[&b]),
-        "request_timeout = \"300ms\"",
-    ))
-    .await;
+    let lb = start_lb(&config(&backends_toml(&[&b]), "request_timeout = \"300ms\"")).await;
     let started = std::time::Instant::now();
     let (status, body, _) = get(&client(), lb.listener_addr("web").unwrap(), "/slow/5000").await;
     assert_eq!(status, 504);
     assert!(body.contains("Gateway Timeout"), "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "504 came only after {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "504 came only after {:?}", started.elapsed());
 }
 
 #[tokio::test]
 async fn connect_failures_fail_over_even_with_a_body() {
     let live = TestBackend::start("live").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let backends = format!("backends = [{{ addr = \"{dead}\", name = \"dead\" }}, {{ addr = \"{}\", name = \"live\" }}]", live.addr);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let backends = format!(
+        "backends = [{{ addr = \"{dead}\", name = \"dead\" }}, {{ addr = \"{}\", name = \"live\" }}]",
+        live.addr
+    );
     let lb = start_lb(&config(&backends, "retries = 1")).await;
     let addr = lb.listener_addr("web").unwrap();
     for i in 0..10 {
         let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
         tokio::spawn(conn);
         let body = format!("payload {i}");
-        let req = http::Request::post("/echo")
-            .header("host", "h")
-            .body(Full::new(Bytes::from(body.clone())))
-            .unwrap();
+        let req = http::Request::post("/echo").header("host", "h").body(Full::new(Bytes::from(body.clone()))).unwrap();
         let resp = send.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200, "request {i}");
         assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), body);

@@ -74,16 +74,10 @@ impl LeastConnections {
         let first = first_untried(up, first_position, tried)?;
         // Walking on past tried backends may land on `first` again; skip it too.
         let (before, after) = up.split_at(second_position);
-        let second = after
-            .iter()
-            .chain(before)
-            .copied()
-            .find(|&index| index != first && !tried.contains(&index));
+        let second = after.iter().chain(before).copied().find(|&index| index != first && !tried.contains(&index));
         let first_load = Load::of(&pool.backends[first]);
         match second {
-            Some(second) if Load::of(&pool.backends[second]).is_less_than(first_load) => {
-                Some(second)
-            }
+            Some(second) if Load::of(&pool.backends[second]).is_less_than(first_load) => Some(second),
             _ => Some(first),
         }
     }
@@ -112,10 +106,7 @@ struct Load {
 
 impl Load {
     fn of(backend: &Backend) -> Self {
-        Load {
-            in_flight: backend.in_flight() as u128,
-            weight: u128::from(backend.weight),
-        }
+        Load { in_flight: backend.in_flight() as u128, weight: u128::from(backend.weight) }
     }
 
     /// Strictly less in flight per unit of weight: `a/wa < b/wb` as `a·wb < b·wa`, no floats.
@@ -137,13 +128,7 @@ mod tests {
         let backends = weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| {
-                Arc::new(Backend::new(
-                    format!("b{i}"),
-                    "127.0.0.1:1".parse().unwrap(),
-                    w,
-                ))
-            })
+            .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().unwrap(), w)))
             .collect();
         let settings = PoolSettings {
             connect_timeout: Duration::from_secs(1),
@@ -151,14 +136,7 @@ mod tests {
             retries: 2,
             ..Default::default()
         };
-        Pool::new(
-            "test".into(),
-            backends,
-            up,
-            StrategyKind::LeastConnections,
-            Arc::new(settings),
-            Cursor::default(),
-        )
+        Pool::new("test".into(), backends, up, StrategyKind::LeastConnections, Arc::new(settings), Cursor::default())
     }
 
     fn all_up(weights: &[u32]) -> Pool {
@@ -167,11 +145,7 @@ mod tests {
 
     /// Holds `counts[i]` requests in flight on backend i until the guards drop.
     fn load(pool: &Pool, counts: &[usize]) -> Vec<InFlight> {
-        pool.backends
-            .iter()
-            .zip(counts)
-            .flat_map(|(backend, &count)| (0..count).map(|_| backend.acquire()))
-            .collect()
+        pool.backends.iter().zip(counts).flat_map(|(backend, &count)| (0..count).map(|_| backend.acquire())).collect()
     }
 
     fn counts(pool: &Pool, picks: usize) -> Vec<usize> {
@@ -276,10 +250,7 @@ mod tests {
         let _guards = load(&pool, &loads);
         let counts = counts(&pool, 40_000);
         let loaded: usize = counts.iter().skip(1).step_by(2).sum();
-        assert!(
-            (8_000..12_000).contains(&loaded),
-            "{loaded} of 40000 on loaded backends"
-        );
+        assert!((8_000..12_000).contains(&loaded), "{loaded} of 40000 on loaded backends");
     }
 
     #[test]

@@ -61,12 +61,7 @@ pub trait Strategy: Send + Sync {
 
 /// Builds the strategy for one snapshot: `backends` is the whole pool, `up` the ascending indices
 /// in rotation, `cursor` the rotation state carried over from the previous snapshot.
-pub fn build(
-    kind: StrategyKind,
-    backends: &[Arc<Backend>],
-    up: &[usize],
-    cursor: Cursor,
-) -> Box<dyn Strategy> {
+pub fn build(kind: StrategyKind, backends: &[Arc<Backend>], up: &[usize], cursor: Cursor) -> Box<dyn Strategy> {
     match kind {
         StrategyKind::RoundRobin => Box::new(RoundRobin::new(cursor)),
         StrategyKind::Random => Box::new(Random::new()),

@@ -51,13 +51,7 @@ mod tests {
 
     fn pool(size: usize, up: Vec<usize>) -> Pool {
         let backends = (0..size)
-            .map(|i| {
-                Arc::new(Backend::new(
-                    format!("b{i}"),
-                    "127.0.0.1:1".parse().unwrap(),
-                    1 + i as u32,
-                ))
-            })
+            .map(|i| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().unwrap(), 1 + i as u32)))
             .collect();
         let settings = PoolSettings {
             connect_timeout: Duration::from_secs(1),
@@ -65,14 +59,7 @@ mod tests {
             retries: 2,
             ..Default::default()
         };
-        Pool::new(
-            "test".into(),
-            backends,
-            up,
-            StrategyKind::Random,
-            Arc::new(settings),
-            Cursor::default(),
-        )
+        Pool::new("test".into(), backends, up, StrategyKind::Random, Arc::new(settings), Cursor::default())
     }
 
     fn counts(pool: &Pool, tried: &[usize], picks: usize) -> Vec<usize> {
@@ -91,15 +78,9 @@ mod tests {
         for (index, &count) in counts.iter().enumerate() {
             if chosen.contains(&index) {
                 let deviation = (count as f64 - expected).abs() / expected;
-                assert!(
-                    deviation < 0.05,
-                    "backend {index}: {count} vs {expected} ({counts:?})"
-                );
+                assert!(deviation < 0.05, "backend {index}: {count} vs {expected} ({counts:?})");
             } else {
-                assert_eq!(
-                    count, 0,
-                    "backend {index} must never be chosen ({counts:?})"
-                );
+                assert_eq!(count, 0, "backend {index} must never be chosen ({counts:?})");
             }
         }
     }

@@ -46,11 +46,7 @@ pub(super) fn first_untried(candidates: &[usize], start: usize, tried: &[usize])
         return None;
     }
     let (before, after) = candidates.split_at(start % candidates.len());
-    after
-        .iter()
-        .chain(before)
-        .copied()
-        .find(|index| !tried.contains(index))
+    after.iter().chain(before).copied().find(|index| !tried.contains(index))
 }
 
 #[cfg(test)]
@@ -66,13 +62,7 @@ mod tests {
         let backends = weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| {
-                Arc::new(Backend::new(
-                    format!("b{i}"),
-                    "127.0.0.1:1".parse().unwrap(),
-                    w,
-                ))
-            })
+            .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().unwrap(), w)))
             .collect();
         let settings = PoolSettings {
             connect_timeout: Duration::from_secs(1),
@@ -80,14 +70,7 @@ mod tests {
             retries: 2,
             ..Default::default()
         };
-        Pool::new(
-            "test".into(),
-            backends,
-            up,
-            StrategyKind::RoundRobin,
-            Arc::new(settings),
-            Cursor::default(),
-        )
+        Pool::new("test".into(), backends, up, StrategyKind::RoundRobin, Arc::new(settings), Cursor::default())
     }
 
     fn counts(pool: &Pool, picks: usize) -> Vec<usize> {
@@ -117,10 +100,7 @@ mod tests {
         pool.cursor.store(usize::MAX - 4, Ordering::Relaxed); // also crosses the wrap-around
         for _ in 0..3 {
             let counts = counts(&pool, 3 * 100);
-            assert!(
-                counts.iter().all(|&c| (99..=101).contains(&c)),
-                "{counts:?}"
-            );
+            assert!(counts.iter().all(|&c| (99..=101).contains(&c)), "{counts:?}");
         }
     }
 

@@ -52,18 +52,10 @@ impl Weighted {
         // Indices beyond u32 (4 billion backends) cannot occur; skipping them avoids a panic path.
         let (indices, mut weights): (Vec<u32>, Vec<u64>) = up
             .iter()
-            .filter_map(|&i| {
-                Some((
-                    u32::try_from(i).ok()?,
-                    u64::from(backends.get(i)?.weight.max(1)),
-                ))
-            })
+            .filter_map(|&i| Some((u32::try_from(i).ok()?, u64::from(backends.get(i)?.weight.max(1)))))
             .unzip();
         reduce_weights(&mut weights);
-        Weighted {
-            schedule: smooth_schedule(&indices, &weights),
-            cursor,
-        }
+        Weighted { schedule: smooth_schedule(&indices, &weights), cursor }
     }
 }
 
@@ -83,11 +75,7 @@ impl Strategy for Weighted {
             return None;
         }
         let (before, after) = self.schedule.split_at(start);
-        after
-            .iter()
-            .chain(before)
-            .map(|&index| index as usize)
-            .find(|index| !tried.contains(index))
+        after.iter().chain(before).map(|&index| index as usize).find(|index| !tried.contains(index))
     }
 }
 
@@ -138,14 +126,8 @@ fn smooth_schedule(indices: &[u32], weights: &[u64]) -> Vec<u32> {
     }
     // Weights are bounded by MAX_SCHEDULE_LEN after `reduce_weights`, so i64 holds every value.
     let to_i64 = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);
-    let mut groups: Vec<Group> = by_weight
-        .into_iter()
-        .map(|(weight, members)| Group {
-            weight: to_i64(weight),
-            members,
-            picks: 0,
-        })
-        .collect();
+    let mut groups: Vec<Group> =
+        by_weight.into_iter().map(|(weight, members)| Group { weight: to_i64(weight), members, picks: 0 }).collect();
     let total: u64 = weights.iter().sum();
     let capacity = usize::try_from(total).unwrap_or(0);
     let mut schedule = Vec::with_capacity(capacity);
@@ -188,13 +170,7 @@ mod tests {
         let backends = weights
             .iter()
             .enumerate()
-            .map(|(i, &w)| {
-                Arc::new(Backend::new(
-                    format!("b{i}"),
-                    "127.0.0.1:1".parse().unwrap(),
-                    w,
-                ))
-            })
+            .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().unwrap(), w)))
             .collect();
         let settings = PoolSettings {
             connect_timeout: Duration::from_secs(1),
@@ -202,14 +178,7 @@ mod tests {
             retries: 2,
             ..Default::default()
         };
-        Pool::new(
-            "test".into(),
-            backends,
-            up,
-            StrategyKind::Weighted,
-            Arc::new(settings),
-            Cursor::default(),
-        )
+        Pool::new("test".into(), backends, up, StrategyKind::Weighted, Arc::new(settings), Cursor::default())
     }
 
     fn all_up(weights: &[u32]) -> Pool {
@@ -273,11 +242,7 @@ mod tests {
             let indices: Vec<u32> = (0..weights.len() as u32).collect();
             let mut reduced = weights.clone();
             divide_by_gcd(&mut reduced);
-            assert_eq!(
-                smooth_schedule(&indices, &reduced),
-                nginx_reference(&reduced),
-                "{weights:?}"
-            );
+            assert_eq!(smooth_schedule(&indices, &reduced), nginx_reference(&reduced), "{weights:?}");
         }
     }
 
@@ -287,11 +252,7 @@ mod tests {
         let sequence = picks(&pool, 6 * 4);
         // Every window, aligned or not.
         for window in sequence.windows(6) {
-            assert_eq!(
-                [0, 1, 2].map(|i| count_of(window, i)),
-                [3, 2, 1],
-                "{window:?}"
-            );
+            assert_eq!([0, 1, 2].map(|i| count_of(window, i)), [3, 2, 1], "{window:?}");
         }
     }
 
@@ -315,10 +276,7 @@ mod tests {
     fn never_ahead_of_fair_share_in_any_prefix() {
         // The interleaving promise in its exact form: in the first t picks of a period, backend i
         // appears at most ceil(t * w_i / total) times, so no backend comes in a burst.
-        for weights in weight_vectors(200)
-            .into_iter()
-            .chain([vec![1, 1, 1, 1, 4], vec![5, 1, 1]])
-        {
+        for weights in weight_vectors(200).into_iter().chain([vec![1, 1, 1, 1, 4], vec![5, 1, 1]]) {
             let indices: Vec<u32> = (0..weights.len() as u32).collect();
             let mut reduced = weights.clone();
             divide_by_gcd(&mut reduced);
@@ -328,10 +286,7 @@ mod tests {
             for (t, &index) in (1u64..).zip(&schedule) {
                 seen[index as usize] += 1;
                 for (i, &weight) in reduced.iter().enumerate() {
-                    assert!(
-                        seen[i] <= (t * weight).div_ceil(total),
-                        "{weights:?} t={t} i={i}"
-                    );
+                    assert!(seen[i] <= (t * weight).div_ceil(total), "{weights:?} t={t} i={i}");
                 }
             }
         }
@@ -363,10 +318,8 @@ mod tests {
     fn huge_weight_sums_are_scaled_to_a_bounded_schedule() {
         // 1500 backends of weight 1000 and 500 of weight 1: gcd 1, total 1,500,500.
         let weights: Vec<u32> = (0..2000).map(|i| if i < 1500 { 1000 } else { 1 }).collect();
-        let backends: Vec<Arc<Backend>> = weights
-            .iter()
-            .map(|&w| Arc::new(Backend::new("b", "127.0.0.1:1".parse().unwrap(), w)))
-            .collect();
+        let backends: Vec<Arc<Backend>> =
+            weights.iter().map(|&w| Arc::new(Backend::new("b", "127.0.0.1:1".parse().unwrap(), w))).collect();
         let up: Vec<usize> = (0..2000).collect();
         let weighted = Weighted::new(&backends, &up, Cursor::default());
         let len = weighted.schedule.len();

@@ -160,13 +160,7 @@ impl Config {
             .iter()
             .map(|l| {
                 let tls = if l.tls.is_empty() { "" } else { "+tls" };
-                format!(
-                    "{} ({}{tls} {} -> {})",
-                    l.name,
-                    l.mode.as_str(),
-                    l.bind,
-                    l.pool
-                )
+                format!("{} ({}{tls} {} -> {})", l.name, l.mode.as_str(), l.bind, l.pool)
             })
             .collect();
         format!(
@@ -175,9 +169,7 @@ impl Config {
             listeners.join(", "),
             self.pools.len(),
             backends,
-            self.admin
-                .map(|a| format!("; admin on {a}"))
-                .unwrap_or_default()
+            self.admin.map(|a| format!("; admin on {a}")).unwrap_or_default()
         )
     }
 }

@@ -15,8 +15,8 @@ use toml::Spanned;
 
 use super::raw::{Dur, HealthKind, RawConfig, RawHealth, RawListener, RawPool};
 use super::{
-    defaults, line_col, BackendConfig, Config, ConfigError, HealthConfig, ListenerConfig, Loaded,
-    PoolConfig, TlsCertConfig,
+    defaults, line_col, BackendConfig, Config, ConfigError, HealthConfig, ListenerConfig, Loaded, PoolConfig,
+    TlsCertConfig,
 };
 use crate::balance::StrategyKind;
 
@@ -37,25 +37,14 @@ impl Ctx<'_> {
 
     fn warn(&mut self, span: Range<usize>, message: impl AsRef<str>) {
         let (line, col) = line_col(self.text, span.start);
-        self.warnings.push(format!(
-            "{}:{line}:{col}: warning: {}",
-            self.path.display(),
-            message.as_ref()
-        ));
+        self.warnings.push(format!("{}:{line}:{col}: warning: {}", self.path.display(), message.as_ref()));
     }
 
     /// A positive duration, or the default.
-    fn duration(
-        &self,
-        v: &Option<Spanned<Dur>>,
-        key: &str,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
+    fn duration(&self, v: &Option<Spanned<Dur>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
-            Some(s) if s.get_ref().0.is_zero() => {
-                Err(self.err(s.span(), format!("{key} must be greater than 0")))
-            }
+            Some(s) if s.get_ref().0.is_zero() => Err(self.err(s.span(), format!("{key} must be greater than 0"))),
             Some(s) => Ok(s.get_ref().0),
         }
     }
@@ -71,20 +60,14 @@ impl Ctx<'_> {
             return Err(bad("expected host:port, e.g. \"127.0.0.1:9001\"".into()));
         }
         match s.to_socket_addrs() {
-            Ok(mut it) => it
-                .next()
-                .ok_or_else(|| bad("name resolved to no address".into())),
+            Ok(mut it) => it.next().ok_or_else(|| bad("name resolved to no address".into())),
             Err(e) => Err(bad(e.to_string())),
         }
     }
 }
 
 pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded, ConfigError> {
-    let mut cx = Ctx {
-        path,
-        text,
-        warnings: Vec::new(),
-    };
+    let mut cx = Ctx { path, text, warnings: Vec::new() };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
     let admin = match &raw.admin {
@@ -113,45 +96,24 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded
     for l in &raw.listeners {
         let lc = listener_config(&cx, l, &pools, &base)?;
         if !names.insert(lc.name.clone()) {
-            return Err(cx.err(
-                l.name.span(),
-                format!("duplicate listener name {:?}", lc.name),
-            ));
+            return Err(cx.err(l.name.span(), format!("duplicate listener name {:?}", lc.name)));
         }
         // Port 0 asks the kernel for a fresh port each time, so it cannot collide.
-        let collision = if lc.bind.port() == 0 {
-            None
-        } else {
-            binds.insert(lc.bind, lc.name.clone())
-        };
+        let collision = if lc.bind.port() == 0 { None } else { binds.insert(lc.bind, lc.name.clone()) };
         if let Some(other) = collision {
-            return Err(cx.err(
-                l.bind.span(),
-                format!(
-                    "listener {:?} binds {} which {other} already binds",
-                    lc.name, lc.bind
-                ),
-            ));
+            return Err(
+                cx.err(l.bind.span(), format!("listener {:?} binds {} which {other} already binds", lc.name, lc.bind))
+            );
         }
         listeners.push(lc);
     }
     for (name, pool) in &raw.pools {
         if !listeners.iter().any(|l| &l.pool == name) {
-            cx.warn(
-                pool.span(),
-                format!("pool {name:?} is not used by any listener"),
-            );
+            cx.warn(pool.span(), format!("pool {name:?} is not used by any listener"));
         }
     }
 
-    Ok(Loaded {
-        config: Config {
-            admin,
-            listeners,
-            pools,
-        },
-        warnings: cx.warnings,
-    })
+    Ok(Loaded { config: Config { admin, listeners, pools }, warnings: cx.warnings })
 }
 
 fn listener_config(
@@ -167,20 +129,14 @@ fn listener_config(
     let pool = l.pool.get_ref().clone();
     if !pools.contains_key(&pool) {
         let known: Vec<&str> = pools.keys().map(String::as_str).collect();
-        let known = if known.is_empty() {
-            "none".to_owned()
-        } else {
-            known.join(", ")
-        };
+        let known = if known.is_empty() { "none".to_owned() } else { known.join(", ") };
         return Err(cx.err(
             l.pool.span(),
             format!("listener {name:?} uses pool {pool:?}, which is not defined (defined pools: {known})"),
         ));
     }
     let max_connections = match &l.max_connections {
-        Some(m) if *m.get_ref() == 0 => {
-            return Err(cx.err(m.span(), "max_connections must be at least 1"))
-        }
+        Some(m) if *m.get_ref() == 0 => return Err(cx.err(m.span(), "max_connections must be at least 1")),
         Some(m) => *m.get_ref(),
         None => defaults::MAX_CONNECTIONS,
     };
@@ -195,11 +151,7 @@ fn listener_config(
         bind: cx.addr(&l.bind, "listener bind")?,
         mode: l.mode,
         pool,
-        header_timeout: cx.duration(
-            &l.header_timeout,
-            "header_timeout",
-            defaults::HEADER_TIMEOUT,
-        )?,
+        header_timeout: cx.duration(&l.header_timeout, "header_timeout", defaults::HEADER_TIMEOUT)?,
         idle_timeout: cx.duration(&l.idle_timeout, "idle_timeout", defaults::IDLE_TIMEOUT)?,
         max_connections,
         tls,
@@ -208,36 +160,17 @@ fn listener_config(
 }
 
 /// Resolves `v` against the config file's directory and checks that it can be read.
-fn readable_file(
-    cx: &Ctx<'_>,
-    v: &Spanned<String>,
-    base: &Path,
-    what: &str,
-) -> Result<PathBuf, ConfigError> {
+fn readable_file(cx: &Ctx<'_>, v: &Spanned<String>, base: &Path, what: &str) -> Result<PathBuf, ConfigError> {
     let p = Path::new(v.get_ref());
-    let full = if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        base.join(p)
-    };
+    let full = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
     match std::fs::read(&full) {
-        Ok(bytes) if bytes.is_empty() => Err(cx.err(
-            v.span(),
-            format!("TLS {what} file {} is empty", full.display()),
-        )),
+        Ok(bytes) if bytes.is_empty() => Err(cx.err(v.span(), format!("TLS {what} file {} is empty", full.display()))),
         Ok(_) => Ok(full),
-        Err(e) => Err(cx.err(
-            v.span(),
-            format!("cannot read TLS {what} file {}: {e}", full.display()),
-        )),
+        Err(e) => Err(cx.err(v.span(), format!("cannot read TLS {what} file {}: {e}", full.display()))),
     }
 }
 
-fn pool_config(
-    cx: &mut Ctx<'_>,
-    name: &str,
-    pool: &Spanned<RawPool>,
-) -> Result<PoolConfig, ConfigError> {
+fn pool_config(cx: &mut Ctx<'_>, name: &str, pool: &Spanned<RawPool>) -> Result<PoolConfig, ConfigError> {
     let p = pool.get_ref();
     let raw_backends = p.backends.get_ref();
     if raw_backends.is_empty() {
@@ -251,49 +184,29 @@ fn pool_config(
         let weight = match &b.weight {
             None => 1,
             Some(w) if *w.get_ref() == 0 => {
-                return Err(cx.err(
-                    w.span(),
-                    "weight must be at least 1 (remove the backend to take it out)",
-                ))
+                return Err(cx.err(w.span(), "weight must be at least 1 (remove the backend to take it out)"))
             }
             Some(w) if *w.get_ref() > defaults::MAX_WEIGHT => {
-                return Err(cx.err(
-                    w.span(),
-                    format!("weight must be at most {}", defaults::MAX_WEIGHT),
-                ))
+                return Err(cx.err(w.span(), format!("weight must be at most {}", defaults::MAX_WEIGHT)))
             }
             Some(w) => *w.get_ref(),
         };
         let bname = match &b.name {
-            Some(n) if n.get_ref().trim().is_empty() => {
-                return Err(cx.err(n.span(), "backend name must not be empty"))
-            }
+            Some(n) if n.get_ref().trim().is_empty() => return Err(cx.err(n.span(), "backend name must not be empty")),
             Some(n) => n.get_ref().trim().to_owned(),
             None => b.addr.get_ref().trim().to_owned(),
         };
         if !seen_addr.insert(addr) {
-            return Err(cx.err(
-                b.addr.span(),
-                format!("duplicate backend {addr} in pool {name:?}"),
-            ));
+            return Err(cx.err(b.addr.span(), format!("duplicate backend {addr} in pool {name:?}")));
         }
         if !seen_name.insert(bname.clone()) {
             let span = b.name.as_ref().map_or_else(|| b.addr.span(), |n| n.span());
-            return Err(cx.err(
-                span,
-                format!("duplicate backend name {bname:?} in pool {name:?}"),
-            ));
+            return Err(cx.err(span, format!("duplicate backend name {bname:?} in pool {name:?}")));
         }
-        backends.push(BackendConfig {
-            name: bname,
-            addr,
-            weight,
-        });
+        backends.push(BackendConfig { name: bname, addr, weight });
     }
     let strategy = *p.strategy.get_ref();
-    if strategy == StrategyKind::RoundRobin
-        && backends.iter().any(|b| b.weight != backends[0].weight)
-    {
+    if strategy == StrategyKind::RoundRobin && backends.iter().any(|b| b.weight != backends[0].weight) {
         cx.warn(
             p.strategy.span(),
             format!("pool {name:?}: round_robin ignores weights; use strategy = \"weighted\" to honour them"),
@@ -302,25 +215,10 @@ fn pool_config(
     Ok(PoolConfig {
         strategy,
         backends,
-        connect_timeout: cx.duration(
-            &p.connect_timeout,
-            "connect_timeout",
-            defaults::CONNECT_TIMEOUT,
-        )?,
-        request_timeout: cx.duration(
-            &p.request_timeout,
-            "request_timeout",
-            defaults::REQUEST_TIMEOUT,
-        )?,
-        retries: p
-            .retries
-            .as_ref()
-            .map_or(defaults::RETRIES, |r| *r.get_ref()),
-        health: p
-            .health
-            .as_ref()
-            .map(|h| health_config(cx, name, h))
-            .transpose()?,
+        connect_timeout: cx.duration(&p.connect_timeout, "connect_timeout", defaults::CONNECT_TIMEOUT)?,
+        request_timeout: cx.duration(&p.request_timeout, "request_timeout", defaults::REQUEST_TIMEOUT)?,
+        retries: p.retries.as_ref().map_or(defaults::RETRIES, |r| *r.get_ref()),
+        health: p.health.as_ref().map(|h| health_config(cx, name, h)).transpose()?,
     })
 }
 
@@ -334,22 +232,13 @@ fn health_config(cx: &mut Ctx<'_>, pool: &str, h: &RawHealth) -> Result<HealthCo
     let fall = count(&h.fall, "fall", defaults::HEALTH_FALL)?;
     let path = match (&h.path, h.kind) {
         (Some(p), HealthKind::Tcp) => {
-            cx.warn(
-                p.span(),
-                format!("pool {pool:?}: health path is ignored by kind = \"tcp\""),
-            );
+            cx.warn(p.span(), format!("pool {pool:?}: health path is ignored by kind = \"tcp\""));
             p.get_ref().clone()
         }
-        (Some(p), HealthKind::Http)
-            if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) =>
-        {
-            return Err(cx.err(
-                p.span(),
-                format!(
-                    "health path {:?} must start with '/' and contain no spaces",
-                    p.get_ref()
-                ),
-            ))
+        (Some(p), HealthKind::Http) if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) => {
+            return Err(
+                cx.err(p.span(), format!("health path {:?} must start with '/' and contain no spaces", p.get_ref()))
+            )
         }
         (Some(p), HealthKind::Http) => p.get_ref().clone(),
         (None, _) => defaults::HEALTH_PATH.to_owned(),
@@ -358,15 +247,11 @@ fn health_config(cx: &mut Ctx<'_>, pool: &str, h: &RawHealth) -> Result<HealthCo
     let timeout = cx.duration(&h.timeout, "timeout", defaults::HEALTH_TIMEOUT)?;
     if timeout > interval {
         if let Some(t) = &h.timeout {
-            cx.warn(t.span(), format!("pool {pool:?}: health timeout is longer than interval; probes will overlap ticks"));
+            cx.warn(
+                t.span(),
+                format!("pool {pool:?}: health timeout is longer than interval; probes will overlap ticks"),
+            );
         }
     }
-    Ok(HealthConfig {
-        kind: h.kind,
-        path,
-        interval,
-        timeout,
-        rise,
-        fall,
-    })
+    Ok(HealthConfig { kind: h.kind, path, interval, timeout, rise, fall })
 }

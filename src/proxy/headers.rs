@@ -11,15 +11,8 @@ use std::net::IpAddr;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that are always connection-specific.
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+const HOP_BY_HOP: [&str; 7] =
+    ["connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"];
 
 /// True when `headers` ask for a protocol upgrade: an `Upgrade` header and the `upgrade` token
 /// in `Connection`.
@@ -72,19 +65,10 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// Adds the forwarding headers: the client address appended to `X-Forwarded-For` (earlier
 /// values kept, several headers folded into one), `X-Forwarded-Proto` set to the listener's
 /// scheme and `X-Forwarded-Host` set to the host the client asked for.
-pub fn add_forwarding(
-    headers: &mut HeaderMap,
-    client: IpAddr,
-    proto: &'static str,
-    host: Option<&HeaderValue>,
-) {
+pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
     let ip = client.to_canonical().to_string();
     let xff = {
-        let mut prior = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .peekable();
+        let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
         if prior.peek().is_none() {
             HeaderValue::from_str(&ip)
         } else {
@@ -115,10 +99,7 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -147,11 +128,7 @@ mod tests {
 
     #[test]
     fn upgrade_keeps_upgrade_and_rewrites_connection() {
-        let mut h = map(&[
-            ("connection", "Upgrade, x-drop"),
-            ("upgrade", "websocket"),
-            ("x-drop", "1"),
-        ]);
+        let mut h = map(&[("connection", "Upgrade, x-drop"), ("upgrade", "websocket"), ("x-drop", "1")]);
         assert!(is_upgrade_request(&h));
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");
@@ -164,10 +141,7 @@ mod tests {
     fn upgrade_needs_both_headers() {
         assert!(!is_upgrade_request(&map(&[("upgrade", "websocket")])));
         assert!(!is_upgrade_request(&map(&[("connection", "upgrade")])));
-        assert!(is_upgrade_request(&map(&[
-            ("connection", "keep-alive, UPGRADE"),
-            ("upgrade", "h2c")
-        ])));
+        assert!(is_upgrade_request(&map(&[("connection", "keep-alive, UPGRADE"), ("upgrade", "h2c")])));
     }
 
     #[test]
@@ -180,10 +154,7 @@ mod tests {
         let host = HeaderValue::from_static("shop.example:8080");
         add_forwarding(&mut h, "10.0.0.9".parse().unwrap(), "http", Some(&host));
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
-        assert_eq!(
-            h.get("x-forwarded-for").unwrap(),
-            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
-        );
+        assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example:8080");
     }

@@ -27,6 +27,7 @@ use super::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::upstream::{connect, ConnectError, Sender, UpBody, UpstreamBody};
 use crate::health;
+use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, Route};
 
 /// Body of every response the proxy sends: a backend's stream, or the proxy's own short text.
@@ -39,6 +40,7 @@ pub struct HttpProxy {
     pub route: Route,
     /// `"http"` or `"https"`, for X-Forwarded-Proto.
     pub scheme: &'static str,
+    pub metrics: Arc<Metrics>,
 }
 
 /// How one try at one backend ended, when it did not produce a response.
@@ -70,19 +72,42 @@ impl Replay {
 }
 
 fn is_idempotent(m: &Method) -> bool {
-    matches!(
-        *m,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
-    )
+    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
 
 impl HttpProxy {
-    /// Serves one request. Never fails: every problem becomes a status code.
+    /// Serves one request. Never fails: every problem becomes a status code. Counts it in
+    /// `lb_requests_total` once its status is known; its duration is observed when the
+    /// response ends (for a streamed body, when the last byte was passed on).
     pub async fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         client: SocketAddr,
     ) -> Result<Response<RespBody>, Infallible> {
+        let started = std::time::Instant::now();
+        let pool = self.route.load().load_full();
+        let (resp, backend) = self.forward(req, client, &pool, started).await;
+        let code = resp.status();
+        match backend {
+            Some(b) => b.metrics().requests.with_label_values(&[&*self.listener, code.as_str()]).inc(),
+            None => {
+                let labels = [&*self.listener, &*pool.name];
+                self.metrics.local_requests.with_label_values(&[labels[0], labels[1], code.as_str()]).inc();
+                self.metrics.local_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+            }
+        }
+        Ok(resp)
+    }
+
+    /// Picks, forwards and retries; returns the response and the backend that gave it (`None`
+    /// when lb answered itself).
+    async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        client: SocketAddr,
+        pool: &Arc<Pool>,
+        started: std::time::Instant,
+    ) -> (Response<RespBody>, Option<Arc<Backend>>) {
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -90,10 +115,7 @@ impl HttpProxy {
         // Host: HTTP/2 clients send :authority instead of a Host header.
         let host = match parts.headers.get(HOST) {
             Some(h) => Some(h.clone()),
-            None => parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+            None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
         };
         if let (false, Some(h)) = (parts.headers.contains_key(HOST), &host) {
             parts.headers.insert(HOST, h.clone());
@@ -109,7 +131,6 @@ impl HttpProxy {
         }
         parts.version = Version::HTTP_11;
 
-        let pool = self.route.load().load_full();
         let bodiless = body.is_end_stream();
         // Kept even with `retries = 0`: replaying on a fresh connection after a stale pooled one
         // is not a retry on another backend.
@@ -118,11 +139,7 @@ impl HttpProxy {
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
         });
-        let body: UpBody = if bodiless {
-            Either::Right(Empty::new())
-        } else {
-            Either::Left(body)
-        };
+        let body: UpBody = if bodiless { Either::Right(Empty::new()) } else { Either::Left(body) };
         let mut pending = Some(Request::from_parts(parts, body));
 
         let mut tried: Vec<usize> = Vec::new();
@@ -130,45 +147,41 @@ impl HttpProxy {
         let mut last_timed_out = false;
         loop {
             let Some(idx) = pool.pick(&tried) else {
-                return Ok(if tried.is_empty() {
-                    local::no_backend(&pool.name)
-                } else if last_timed_out {
-                    local::gateway_timeout()
-                } else {
-                    local::bad_gateway()
-                });
+                return (
+                    if tried.is_empty() {
+                        local::no_backend(&pool.name)
+                    } else if last_timed_out {
+                        local::gateway_timeout()
+                    } else {
+                        local::bad_gateway()
+                    },
+                    None,
+                );
             };
             let backend = &pool.backends[idx];
-            let Some(req) = pending
-                .take()
-                .or_else(|| replay.as_ref().map(Replay::build))
-            else {
-                return Ok(local::bad_gateway());
+            let Some(req) = pending.take().or_else(|| replay.as_ref().map(Replay::build)) else {
+                return (local::bad_gateway(), None);
             };
             let in_flight = backend.acquire();
-            match exchange(&pool, backend, req).await {
+            match exchange(pool, backend, req).await {
                 Ok((mut resp, sender)) => {
                     backend.health().record_answer();
                     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let backend_upgrade = hyper::upgrade::on(&mut resp);
                         if let Some(client_upgrade) = client_upgrade {
-                            tokio::spawn(super::tcp::tunnel_upgraded(
-                                client_upgrade,
-                                backend_upgrade,
-                                in_flight,
-                            ));
+                            tokio::spawn(super::tcp::tunnel_upgraded(client_upgrade, backend_upgrade, in_flight));
                         }
                         let (mut rp, _) = resp.into_parts();
                         strip_hop_by_hop(&mut rp.headers, true);
-                        return Ok(Response::from_parts(rp, Either::Right(Full::default())));
+                        let answered = Response::from_parts(rp, Either::Right(Full::default()));
+                        return (answered, Some(backend.clone()));
                     }
                     let (mut rp, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rp.headers, false);
                     let reuse = (!upgrade).then_some(sender);
-                    return Ok(Response::from_parts(
-                        rp,
-                        Either::Left(UpstreamBody::new(rbody, reuse, in_flight)),
-                    ));
+                    let duration = backend.metrics().duration.with_label_values(&[&*self.listener]);
+                    let body = UpstreamBody::new(rbody, reuse, in_flight, (duration, started));
+                    return (Response::from_parts(rp, Either::Left(body)), Some(backend.clone()));
                 }
                 Err((failure, unsent)) => {
                     drop(in_flight);
@@ -177,11 +190,9 @@ impl HttpProxy {
                     match failure {
                         TryFailure::Connect(e) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "backend connect failed");
-                            health::passive_failure(&pool, backend, "connect failed");
+                            health::passive_failure(pool, backend, "connect failed");
                         }
-                        TryFailure::Sent { error, stale: true }
-                            if !stale_retry_used && replay.is_some() =>
-                        {
+                        TryFailure::Sent { error, stale: true } if !stale_retry_used && replay.is_some() => {
                             // The backend closed an idle pooled connection as we reused it. Not
                             // a backend fault: replay once on a fresh connection to the same one.
                             tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "stale upstream connection; replaying");
@@ -191,22 +202,21 @@ impl HttpProxy {
                         }
                         TryFailure::Sent { error, .. } => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error, "backend failed mid-request");
-                            health::passive_failure(&pool, backend, "reset mid-request");
+                            health::passive_failure(pool, backend, "reset mid-request");
                         }
                         TryFailure::Timeout => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, timeout = ?pool.settings.request_timeout, "backend timed out");
-                            health::passive_failure(&pool, backend, "request timed out");
+                            health::passive_failure(pool, backend, "request timed out");
                         }
                     }
                     pending = unsent;
                     tried.push(idx);
+                    if attempts <= pool.settings.retries as usize && (pending.is_some() || replay.is_some()) {
+                        self.metrics.retries.with_label_values(&[&*pool.name]).inc();
+                    }
                     let replayable = pending.is_some() || replay.is_some();
                     if attempts > pool.settings.retries as usize || !replayable {
-                        return Ok(if last_timed_out {
-                            local::gateway_timeout()
-                        } else {
-                            local::bad_gateway()
-                        });
+                        return (if last_timed_out { local::gateway_timeout() } else { local::bad_gateway() }, None);
                     }
                 }
             }
@@ -235,10 +245,7 @@ async fn exchange(
             if reused {
                 continue; // closed while idle; take the next one
             }
-            return Err((
-                TryFailure::Connect(ConnectError::Closed(backend.addr)),
-                Some(req),
-            ));
+            return Err((TryFailure::Connect(ConnectError::Closed(backend.addr)), Some(req)));
         }
         match timeout_at(deadline, sender.try_send_request(req)).await {
             Err(_) => return Err((TryFailure::Timeout, None)),
@@ -246,24 +253,8 @@ async fn exchange(
             Ok(Err(mut e)) => match e.take_message() {
                 // Never written: safe to send again on another connection.
                 Some(back) if reused => req = back,
-                Some(back) => {
-                    return Err((
-                        TryFailure::Sent {
-                            error: e.into_error(),
-                            stale: false,
-                        },
-                        Some(back),
-                    ))
-                }
-                None => {
-                    return Err((
-                        TryFailure::Sent {
-                            error: e.into_error(),
-                            stale: reused,
-                        },
-                        None,
-                    ))
-                }
+                Some(back) => return Err((TryFailure::Sent { error: e.into_error(), stale: false }, Some(back))),
+                None => return Err((TryFailure::Sent { error: e.into_error(), stale: reused }, None)),
             },
         }
     }

@@ -16,32 +16,20 @@ pub fn respond(status: StatusCode, message: &str) -> http::Response<RespBody> {
     body.push('\n');
     let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
 pub fn no_backend(pool: &str) -> http::Response<RespBody> {
-    respond(
-        StatusCode::SERVICE_UNAVAILABLE,
-        &format!("503 Service Unavailable: no backend is up in pool {pool}"),
-    )
+    respond(StatusCode::SERVICE_UNAVAILABLE, &format!("503 Service Unavailable: no backend is up in pool {pool}"))
 }
 
 pub fn bad_gateway() -> http::Response<RespBody> {
-    respond(
-        StatusCode::BAD_GATEWAY,
-        "502 Bad Gateway: the backend failed to answer",
-    )
+    respond(StatusCode::BAD_GATEWAY, "502 Bad Gateway: the backend failed to answer")
 }
 
 pub fn gateway_timeout() -> http::Response<RespBody> {
-    respond(
-        StatusCode::GATEWAY_TIMEOUT,
-        "504 Gateway Timeout: the backend did not answer in time",
-    )
+    respond(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Timeout: the backend did not answer in time")
 }
 
 pub fn bad_request(why: &str) -> http::Response<RespBody> {

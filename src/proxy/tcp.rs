@@ -14,15 +14,12 @@ use tokio::io::{copy_bidirectional, AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::health;
+use crate::metrics::Metrics;
 use crate::pool::{InFlight, Route};
 
 /// Proxies one accepted TCP connection to a backend of `pool`. Returns the bytes copied
-/// (client→backend, backend→client), or `None` when no backend could be reached.
-pub async fn proxy_connection<C>(
-    mut client: C,
-    peer: SocketAddr,
-    pool: &Route,
-) -> Option<(u64, u64)>
+/// (from the client, to the client), or `None` when no backend could be reached.
+pub async fn proxy_connection<C>(mut client: C, peer: SocketAddr, pool: &Route, metrics: &Metrics) -> Option<(u64, u64)>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -35,12 +32,7 @@ where
         };
         let backend = &pool.backends[idx];
         let guard = backend.acquire();
-        match tokio::time::timeout(
-            pool.settings.connect_timeout,
-            TcpStream::connect(backend.addr),
-        )
-        .await
-        {
+        match tokio::time::timeout(pool.settings.connect_timeout, TcpStream::connect(backend.addr)).await {
             Ok(Ok(mut upstream)) => {
                 let _ = upstream.set_nodelay(true);
                 let copied = copy_bidirectional(&mut client, &mut upstream).await;
@@ -66,6 +58,7 @@ where
         if tried.len() > pool.settings.retries as usize {
             return None;
         }
+        metrics.retries.with_label_values(&[&*pool.name]).inc();
     }
 }
 

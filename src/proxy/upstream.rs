@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Empty};
@@ -21,6 +21,8 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
+
+use prometheus::Histogram;
 
 use crate::pool::{Backend, InFlight};
 
@@ -113,23 +115,23 @@ pub struct UpstreamBody {
     inner: Incoming,
     reuse: Option<Sender>,
     in_flight: Option<InFlight>,
+    /// Where the request's duration goes, and when the request arrived.
+    observe: (Histogram, Instant),
 }
 
 impl UpstreamBody {
-    pub fn new(inner: Incoming, reuse: Option<Sender>, in_flight: InFlight) -> Self {
-        let mut body = UpstreamBody {
-            inner,
-            reuse,
-            in_flight: Some(in_flight),
-        };
+    pub fn new(inner: Incoming, reuse: Option<Sender>, in_flight: InFlight, observe: (Histogram, Instant)) -> Self {
+        let mut body = UpstreamBody { inner, reuse, in_flight: Some(in_flight), observe };
         if body.inner.is_end_stream() {
             body.finish(true);
         }
         body
     }
 
+    /// Runs once, when the body ended (cleanly or not) or was dropped unfinished.
     fn finish(&mut self, clean: bool) {
         if let Some(guard) = self.in_flight.take() {
+            self.observe.0.observe(self.observe.1.elapsed().as_secs_f64());
             if let (true, Some(s)) = (clean, self.reuse.take()) {
                 backend_pool(guard.backend()).put(s);
             }
@@ -142,14 +144,18 @@ fn backend_pool(b: &Arc<Backend>) -> &ConnPool {
     b.conns()
 }
 
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        // The client went away before the end: count the request as done, do not reuse.
+        self.finish(false);
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_frame(cx);
         match &res {

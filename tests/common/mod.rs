@@ -60,12 +60,7 @@ impl TestBackend {
             release: Arc::default(),
             healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
-        let (name, hits, seen, release) = (
-            b.name.clone(),
-            b.hits.clone(),
-            b.seen.clone(),
-            b.release.clone(),
-        );
+        let (name, hits, seen, release) = (b.name.clone(), b.hits.clone(), b.seen.clone(), b.release.clone());
         let healthy = b.healthy.clone();
         tokio::spawn(async move {
             let mut stop = kill_rx.clone();
@@ -74,21 +69,13 @@ impl TestBackend {
                     r = listener.accept() => match r { Ok(p) => p, Err(_) => continue },
                     _ = stop.wait_for(|k| *k) => return,
                 };
-                let (name, hits, seen, release) =
-                    (name.clone(), hits.clone(), seen.clone(), release.clone());
+                let (name, hits, seen, release) = (name.clone(), hits.clone(), seen.clone(), release.clone());
                 let healthy = healthy.clone();
                 let mut stop = kill_rx.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let ok = healthy.load(Ordering::SeqCst);
-                        handle(
-                            req,
-                            name.clone(),
-                            hits.clone(),
-                            seen.clone(),
-                            release.clone(),
-                            ok,
-                        )
+                        handle(req, name.clone(), hits.clone(), seen.clone(), release.clone(), ok)
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -124,12 +111,7 @@ impl TestBackend {
     }
 
     pub fn last_seen(&self) -> Seen {
-        self.seen
-            .lock()
-            .unwrap()
-            .last()
-            .cloned()
-            .expect("backend saw no request")
+        self.seen.lock().unwrap().last().cloned().expect("backend saw no request")
     }
 }
 
@@ -171,11 +153,7 @@ async fn handle(
         return Ok(r);
     }
     let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
     seen.lock().unwrap().push(Seen {
         method: parts.method.to_string(),
         uri: parts.uri.to_string(),
@@ -208,13 +186,9 @@ async fn handle(
         let notified = release.clone();
         tokio::spawn(async move {
             let wait = notified.notified();
-            let _ = tx
-                .send(Ok(Frame::data(Bytes::from_static(b"first;"))))
-                .await;
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first;")))).await;
             wait.await;
-            let _ = tx
-                .send(Ok(Frame::data(Bytes::from_static(b"second"))))
-                .await;
+            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"second")))).await;
         });
         Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))))
     } else if path == "/hop" {
@@ -228,8 +202,7 @@ async fn handle(
     } else {
         Response::new(full(name.clone()))
     };
-    resp.headers_mut()
-        .insert("x-served-by", name.parse().unwrap());
+    resp.headers_mut().insert("x-served-by", name.parse().unwrap());
     Ok(resp)
 }
 
@@ -260,36 +233,26 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<TestBody> {
     });
     let mut r = Response::new(full(Bytes::new()));
     *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    r.headers_mut()
-        .insert("connection", "upgrade".parse().unwrap());
-    r.headers_mut()
-        .insert("upgrade", "websocket".parse().unwrap());
+    r.headers_mut().insert("connection", "upgrade".parse().unwrap());
+    r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
     r
 }
 
 /// Starts lb in-process from TOML text, as if read from `dir/lb.toml`.
 pub async fn start_lb(toml: &str) -> lb::app::Running {
-    let loaded =
-        lb::config::parse(std::path::Path::new("lb.toml"), toml).expect("test config is valid");
-    lb::app::Running::start(loaded.config)
-        .await
-        .expect("lb starts")
+    let loaded = lb::config::parse(std::path::Path::new("lb.toml"), toml).expect("test config is valid");
+    lb::app::Running::start(loaded.config).await.expect("lb starts")
 }
 
 /// A pool section with `backends`, for building configs in tests.
 pub fn backends_toml(backends: &[&TestBackend]) -> String {
-    let items: Vec<String> = backends
-        .iter()
-        .map(|b| format!("{{ addr = \"{}\", name = \"{}\" }}", b.addr, b.name))
-        .collect();
+    let items: Vec<String> =
+        backends.iter().map(|b| format!("{{ addr = \"{}\", name = \"{}\" }}", b.addr, b.name)).collect();
     format!("backends = [{}]", items.join(", "))
 }
 
 /// A keep-alive HTTP/1.1 client (hyper-util's pooled client).
-pub type Client = hyper_util::client::legacy::Client<
-    hyper_util::client::legacy::connect::HttpConnector,
-    Empty<Bytes>,
->;
+pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
 
 pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
@@ -298,10 +261,7 @@ pub fn client() -> Client {
 /// GET `http://addr{path}` → (status, body as text, headers).
 pub async fn get(client: &Client, addr: SocketAddr, path: &str) -> (StatusCode, String, HeaderMap) {
     let uri = format!("http://{addr}{path}");
-    let resp = client
-        .get(uri.parse().unwrap())
-        .await
-        .expect("request reached lb");
+    let resp = client.get(uri.parse().unwrap()).await.expect("request reached lb");
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = resp.into_body().collect().await.expect("body").to_bytes();
@@ -354,9 +314,7 @@ pub async fn closes_reused_connections() -> (SocketAddr, Arc<AtomicUsize>) {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
-                let _ = s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                    .await;
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
                 counter.fetch_add(1, Ordering::SeqCst);
                 // Wait for the next request on this connection, then hang up on it.
                 let _ = s.read(&mut buf).await;
