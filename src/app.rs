@@ -13,15 +13,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
 
-use crate::config::{self, Config, ListenerConfig, PoolConfig};
+use crate::config::{self, Config, ListenerConfig, Mode, PoolConfig};
 use crate::health::{self, Monitor};
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, PoolHandle, PoolSettings, Route};
 use crate::reload::Changes;
 use crate::server::{self, ListenerRuntime};
 use crate::shutdown::Drain;
+use crate::status::{SharedTopology, Topology};
 
 /// Why the proxy could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +32,8 @@ pub enum StartError {
     Bind { what: String, addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Config(#[from] config::ConfigError),
+    #[error("listener {listener:?}: {source}")]
+    Tls { listener: String, source: crate::tls::TlsError },
 }
 
 /// One bound listener.
@@ -53,6 +57,8 @@ pub struct Running {
     /// Health probes and snapshot publisher of each pool; dropping one stops it.
     monitors: BTreeMap<String, Monitor>,
     metrics: Arc<Metrics>,
+    /// Listeners and health checks as the admin status page shows them; republished on reload.
+    status: SharedTopology,
     /// Held by every connection and session; triggered at shutdown.
     drain: Drain,
 }
@@ -87,6 +93,16 @@ pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
     Pool::new(Arc::from(name), backends, up, cfg.strategy, settings, cursor)
 }
 
+/// The TLS server config of a listener with certificates.
+fn listener_tls(l: &ListenerConfig) -> Result<Option<Arc<ServerConfig>>, StartError> {
+    if l.tls.is_empty() {
+        return Ok(None);
+    }
+    crate::tls::server_config(&l.tls, l.mode == Mode::Http)
+        .map(Some)
+        .map_err(|source| StartError::Tls { listener: l.name.clone(), source })
+}
+
 fn bind(l: &ListenerConfig) -> Result<TcpListener, StartError> {
     server::bind(l.bind).map_err(|source| StartError::Bind {
         what: format!("listener {:?}", l.name),
@@ -106,7 +122,8 @@ impl Running {
             .collect();
         let mut bound = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
-            bound.push((l.clone(), bind(l)?));
+            let tls = listener_tls(l)?;
+            bound.push((l.clone(), bind(l)?, tls));
         }
         let admin_sock = match config.admin {
             Some(addr) => {
@@ -118,22 +135,37 @@ impl Running {
             .iter()
             .map(|(name, h)| (name.clone(), Monitor::start(h.clone(), config.pools[name].health.clone())))
             .collect();
-        let mut running =
-            Running { config, listeners: BTreeMap::new(), admin: None, pools, monitors, metrics: Metrics::new(), drain: Drain::default() };
+        let mut running = Running {
+            config,
+            listeners: BTreeMap::new(),
+            admin: None,
+            pools,
+            monitors,
+            metrics: Metrics::new(),
+            status: SharedTopology::default(),
+            drain: Drain::default(),
+        };
         running.metrics.set_pools(running.pools.clone());
         running.metrics.mark_loaded();
-        for (l, sock) in bound {
-            running.spawn_listener(l, sock);
+        for (l, sock, tls) in bound {
+            running.spawn_listener(l, sock, tls);
         }
+        running.publish_status();
         if let Some(sock) = admin_sock {
             running.admin = sock.local_addr().ok();
             tracing::info!(addr = ?running.admin, "admin listening");
-            tokio::spawn(crate::admin::serve(sock, running.metrics.clone(), running.drain.signal()));
+            let (metrics, status) = (running.metrics.clone(), running.status.clone());
+            tokio::spawn(crate::admin::serve(sock, metrics, status, running.drain.signal()));
         }
         Ok(running)
     }
 
-    fn spawn_listener(&mut self, cfg: ListenerConfig, sock: impl Into<Arc<TcpListener>>) {
+    fn spawn_listener(
+        &mut self,
+        cfg: ListenerConfig,
+        sock: impl Into<Arc<TcpListener>>,
+        tls: Option<Arc<ServerConfig>>,
+    ) {
         let sock: Arc<TcpListener> = sock.into();
         let local = sock.local_addr().unwrap_or(cfg.bind);
         // Validation guarantees that the pool exists.
@@ -141,11 +173,16 @@ impl Running {
             return;
         };
         let route: Route = Arc::new(ArcSwap::new(pool.clone()));
-        let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(&cfg, route.clone(), &self.metrics)));
+        let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(&cfg, route.clone(), &self.metrics, tls)));
         let stop = Drain::default();
         tracing::info!(listener = %cfg.name, addr = %local, mode = cfg.mode.as_str(), pool = %cfg.pool, "listening");
         tokio::spawn(server::accept_loop(sock.clone(), runtime.clone(), stop.signal(), self.drain.signal()));
         self.listeners.insert(cfg.name.clone(), ListenerSlot { cfg, local, route, runtime, sock, stop });
+    }
+
+    /// Republishes what the status page shows of the configuration and the bound listeners.
+    fn publish_status(&self) {
+        self.status.store(Arc::new(Topology::new(&self.config, |name| self.listener_addr(name))));
     }
 
     /// Bound address of each listener, by name (useful when binding port 0).
@@ -194,6 +231,11 @@ impl Running {
     /// Switches to `new`. Binds first; if a bind fails nothing has changed.
     pub fn apply(&mut self, new: Config) -> Result<Changes, StartError> {
         let changes = Changes::between(&self.config, &new);
+        // 0. Certificates, read afresh so renewed files are served; a bad one rejects it all.
+        let mut tls = BTreeMap::new();
+        for l in &new.listeners {
+            tls.insert(l.name.clone(), listener_tls(l)?);
+        }
         // 1. Sockets for listeners that are new or moved. Dropped again if any bind fails. An
         //    address held by a listener that goes away or moves (a renamed listener, two that
         //    swap addresses) is handed over: binding it a second time would fail.
@@ -201,10 +243,12 @@ impl Running {
         for l in &new.listeners {
             let rebind = self.listeners.get(&l.name).is_none_or(|s| s.cfg.bind != l.bind);
             if rebind {
-                let leaving = |s: &ListenerSlot| !new.listeners.iter().any(|n| n.name == s.cfg.name && n.bind == s.cfg.bind);
-                let held = self.listeners.values().find(|s| {
-                    l.bind.port() != 0 && (s.cfg.bind == l.bind || s.local == l.bind) && leaving(s)
-                });
+                let leaving =
+                    |s: &ListenerSlot| !new.listeners.iter().any(|n| n.name == s.cfg.name && n.bind == s.cfg.bind);
+                let held = self
+                    .listeners
+                    .values()
+                    .find(|s| l.bind.port() != 0 && (s.cfg.bind == l.bind || s.local == l.bind) && leaving(s));
                 let sock = match held {
                     Some(s) => s.sock.clone(),
                     None => Arc::new(bind(l)?),
@@ -264,11 +308,12 @@ impl Running {
             }
         }
         for l in &new.listeners {
+            let tls = tls.remove(&l.name).flatten();
             if let Some(sock) = fresh.remove(&l.name) {
-                self.spawn_listener(l.clone(), sock);
+                self.spawn_listener(l.clone(), sock, tls);
             } else if let (Some(slot), Some(pool)) = (self.listeners.get_mut(&l.name), self.pools.get(&l.pool)) {
                 slot.route.store(pool.clone());
-                let mut runtime = ListenerRuntime::new(l, slot.route.clone(), &self.metrics);
+                let mut runtime = ListenerRuntime::new(l, slot.route.clone(), &self.metrics, tls);
                 // Same socket, same open connections: the same connection limit.
                 runtime.inherit_limit(&slot.runtime.load());
                 slot.runtime.store(Arc::new(runtime));
@@ -276,6 +321,7 @@ impl Running {
             }
         }
         self.config = new;
+        self.publish_status();
         Ok(changes)
     }
 

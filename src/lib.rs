@@ -13,10 +13,12 @@
 //! - [`health`]: up/down with rise/fall, active probes, passive marks, snapshot publishing.
 //! - [`proxy`]: forwarding: HTTP (headers, retries, upgrades), TCP, upstream connections.
 //! - [`server`]: listening sockets, accept loops, connection limits, hyper connection setup.
-//! - [`admin`]: the admin listener (`/healthz`).
+//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/status`).
+//! - [`status`]: the status page and `/status.json`.
 //! - [`app`]: assembles and starts everything from a config, applies reloads, shuts down.
 //! - [`reload`]: the diff between two configs, logged as the reload summary.
 //! - [`shutdown`]: the drain signal shared by accept loops, connections and sessions.
+//! - [`tls`]: rustls server configs from certificate files, SNI certificate choice.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -31,3 +33,5 @@ pub mod proxy;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
+pub mod status;
+pub mod tls;

@@ -17,6 +17,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use prometheus::{IntCounter, IntGauge};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ListenerConfig, Mode};
 use crate::metrics::Metrics;
@@ -42,6 +45,11 @@ pub struct ListenerRuntime {
     limit: Arc<Semaphore>,
     max_connections: u32,
     counters: ListenerCounters,
+    /// TLS termination, when the listener has certificates.
+    tls: Option<TlsAcceptor>,
+    /// A client must finish the TLS handshake within this (`header_timeout`), so that
+    /// half-open handshakes cannot pile up.
+    handshake_timeout: Duration,
 }
 
 /// This listener's metric children, resolved once so the accept path does no label lookup.
@@ -62,9 +70,11 @@ impl Drop for OpenConnection {
 }
 
 impl ListenerRuntime {
-    pub fn new(cfg: &ListenerConfig, route: Route, metrics: &Arc<Metrics>) -> Self {
+    /// `tls` is the listener's server config (see [`crate::tls::server_config`]), built by the
+    /// caller so that a bad certificate can reject a reload before anything is switched.
+    pub fn new(cfg: &ListenerConfig, route: Route, metrics: &Arc<Metrics>, tls: Option<Arc<ServerConfig>>) -> Self {
         let name: Arc<str> = Arc::from(cfg.name.as_str());
-        let scheme = if cfg.tls.is_empty() { "http" } else { "https" };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let http =
             Arc::new(HttpProxy { listener: name.clone(), route: route.clone(), scheme, metrics: metrics.clone() });
         let counters = ListenerCounters {
@@ -101,6 +111,8 @@ impl ListenerRuntime {
             limit: Arc::new(Semaphore::new(cfg.max_connections as usize)),
             max_connections: cfg.max_connections,
             counters,
+            tls: tls.map(TlsAcceptor::from),
+            handshake_timeout: cfg.header_timeout,
         }
     }
 }
@@ -172,6 +184,9 @@ pub async fn accept_loop(
             _ = signal.triggered() => return,
             _ = stop.triggered() => return,
         };
+        // Load again: a reload may have happened while we waited in accept(), and the new
+        // connection must get the new settings (certificates, timeouts).
+        let current = rt.load_full();
         let sig = signal.clone();
         tokio::spawn(async move {
             serve(stream, peer, &current, sig).await;
@@ -191,11 +206,26 @@ async fn accept_backoff(listener: &str, e: &io::Error, last: &mut Option<Instant
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, mut signal: Signal) {
+async fn serve(stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, signal: Signal) {
     let _ = stream.set_nodelay(true);
     rt.counters.total.inc();
     rt.counters.open.inc();
     let _open = OpenConnection(rt.counters.open.clone());
+    let Some(acceptor) = &rt.tls else {
+        return serve_stream(stream, peer, rt, signal).await;
+    };
+    match tokio::time::timeout(rt.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve_stream(tls, peer, rt, signal).await,
+        Ok(Err(e)) => tracing::debug!(listener = %rt.name, client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(listener = %rt.name, client = %peer, "TLS handshake timed out"),
+    }
+}
+
+/// Serves one (plain or TLS) client connection in the listener's mode.
+async fn serve_stream<S>(stream: S, peer: SocketAddr, rt: &ListenerRuntime, mut signal: Signal)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     match rt.mode {
         Mode::Tcp => {
             // A TCP session is left to finish on its own when draining; the process-level

@@ -142,10 +142,14 @@ fn listener_config(
     };
     let mut tls = Vec::with_capacity(l.tls.len());
     for t in &l.tls {
-        tls.push(TlsCertConfig {
+        let pair = TlsCertConfig {
             cert: readable_file(cx, &t.cert, base, "certificate")?,
             key: readable_file(cx, &t.key, base, "key")?,
-        });
+        };
+        // Parse now, so a broken PEM or a key that does not match fails --check and reloads.
+        crate::tls::server_config(std::slice::from_ref(&pair), false)
+            .map_err(|e| cx.err(t.cert.span(), e.to_string()))?;
+        tls.push(pair);
     }
     Ok(ListenerConfig {
         bind: cx.addr(&l.bind, "listener bind")?,

@@ -1,0 +1,100 @@
+//! TLS termination with rustls: certificate files → a `ServerConfig` with an SNI resolver.
+//!
+//! A listener may carry several certificate/key pairs. The client's SNI picks the first pair
+//! whose certificate is valid for that name (checked with webpki against the certificate's
+//! subject alternative names, wildcards included); without SNI or without a match, the first
+//! pair is the default. Only TLS 1.3 and 1.2 are offered. In http mode ALPN offers `h2` and
+//! `http/1.1`. Configs are built at load time, so a reload serves renewed files, and a file
+//! that does not parse rejects the reload (and `--check`) with the file named.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::config::TlsCertConfig;
+
+/// A certificate or key that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read certificates from {}: {source}", .path.display())]
+    Cert { path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("no certificate found in {}", .0.display())]
+    NoCert(PathBuf),
+    #[error("cannot read private key from {}: {source}", .path.display())]
+    Key { path: PathBuf, source: rustls_pki_types::pem::Error },
+    #[error("certificate {} and key {} do not form a usable pair: {source}", .cert.display(), .key.display())]
+    Pair { cert: PathBuf, key: PathBuf, source: rustls::Error },
+    #[error("TLS setup failed: {0}")]
+    Setup(rustls::Error),
+}
+
+/// Chooses the certificate by SNI; the first one is the default.
+struct SniResolver {
+    /// (leaf certificate, signing key), in configuration order.
+    certs: Vec<(CertificateDer<'static>, Arc<CertifiedKey>)>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SniResolver").field("certs", &self.certs.len()).finish()
+    }
+}
+
+impl SniResolver {
+    fn matching(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
+        let name = ServerName::try_from(sni).ok()?;
+        self.certs.iter().find_map(|(leaf, key)| {
+            let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
+            cert.verify_is_valid_for_subject_name(&name).ok().map(|_| key)
+        })
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        hello.server_name().and_then(|sni| self.matching(sni)).or_else(|| self.certs.first().map(|(_, k)| k)).cloned()
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn load_pair(
+    c: &TlsCertConfig,
+    provider: &CryptoProvider,
+) -> Result<(CertificateDer<'static>, Arc<CertifiedKey>), TlsError> {
+    let chain = CertificateDer::pem_file_iter(&c.cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Cert { path: c.cert.clone(), source })?;
+    let leaf = chain.first().cloned().ok_or_else(|| TlsError::NoCert(c.cert.clone()))?;
+    let key = PrivateKeyDer::from_pem_file(&c.key).map_err(|source| TlsError::Key { path: c.key.clone(), source })?;
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|source| TlsError::Pair {
+        cert: c.cert.clone(),
+        key: c.key.clone(),
+        source,
+    })?;
+    Ok((leaf, Arc::new(certified)))
+}
+
+/// Builds the server side of TLS for one listener. `http` adds ALPN for h2 and http/1.1.
+pub fn server_config(certs: &[TlsCertConfig], http: bool) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let pairs = certs.iter().map(|c| load_pair(c, &provider)).collect::<Result<Vec<_>, _>>()?;
+    let mut cfg = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(TlsError::Setup)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { certs: pairs }));
+    if http {
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    }
+    Ok(Arc::new(cfg))
+}
