@@ -33,7 +33,7 @@ pub enum StartError {
     #[error("{0}")]
     Config(#[from] config::ConfigError),
     #[error("listener {listener:?}: {source}")]
-    Tls { listener: String, source: crate::tls::TlsError },
+    Tls { listener: String, source: Box<crate::tls::TlsError> },
 }
 
 /// One bound listener.
@@ -100,7 +100,7 @@ fn listener_tls(l: &ListenerConfig) -> Result<Option<Arc<ServerConfig>>, StartEr
     }
     crate::tls::server_config(&l.tls, l.mode == Mode::Http)
         .map(Some)
-        .map_err(|source| StartError::Tls { listener: l.name.clone(), source })
+        .map_err(|source| StartError::Tls { listener: l.name.clone(), source: Box::new(source) })
 }
 
 fn bind(l: &ListenerConfig) -> Result<TcpListener, StartError> {

@@ -250,3 +250,32 @@ async fn in_flight_counts_return_to_zero_after_mixed_outcomes() {
     let pool = lb.pool("app").unwrap().load_full();
     assert!(eventually(Duration::from_secs(2), || pool.backends.iter().all(|x| x.in_flight() == 0)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_backend_stays_down_across_an_unrelated_reload() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let dir = std::env::temp_dir().join(format!("lb-health-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, config(&backends_toml(&[&a, &b]), "")).unwrap();
+    let mut lb = lb::app::Running::start(lb::config::load(&path).unwrap().config).await.unwrap();
+    let addr = lb.listener_addr("web").unwrap();
+    b.set_healthy(false);
+    assert!(eventually(Duration::from_secs(3), || up_names(&lb, "app") == ["a"]).await);
+    // An unrelated change: timeouts and a new pool. b's health state must be kept.
+    let changed = config(&backends_toml(&[&a, &b]), "request_timeout = \"5s\"")
+        + "\n[pools.spare]\nstrategy = \"random\"\nbackends = [{ addr = \"127.0.0.1:9\" }]\n";
+    std::fs::write(&path, changed).unwrap();
+    let changes = lb.reload(&path).await.unwrap();
+    assert!(changes.to_string().contains("pool spare added"), "{changes}");
+    assert_eq!(up_names(&lb, "app"), ["a"], "the reload put a down backend back into rotation");
+    let before = b.hits();
+    let client = client();
+    for _ in 0..20 {
+        assert_eq!(get(&client, addr, "/").await.1, "a");
+    }
+    assert_eq!(b.hits(), before);
+    // And it still comes back through its health checks.
+    b.set_healthy(true);
+    assert!(eventually(Duration::from_secs(3), || up_names(&lb, "app").len() == 2).await);
+}

@@ -1,0 +1,286 @@
+//! The real `lb` binary as a child process, for tests that need real signals: a config file in
+//! a private temp dir, stderr (the logs) collected line by line, signals sent with `kill(1)`,
+//! and helpers to wait on logs, ports and exit. Every wait has a deadline; nothing relies on a
+//! fixed sleep. The child is SIGKILLed when the guard drops, whatever happened to the test.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+
+use crate::common::TestBackend;
+
+/// Generous bound for anything that should take milliseconds; only there to turn a hang into a
+/// failure with the logs attached.
+pub const PATIENCE: Duration = Duration::from_secs(15);
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+/// A running `lb` child process.
+pub struct Lb {
+    child: Child,
+    dir: PathBuf,
+    pub config: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Lb {
+    /// Writes `toml` to `<tmp>/lb.toml`, starts `lb --config <it> <args>` and waits until it
+    /// logs that it started.
+    pub async fn start(toml: &str, args: &[&str]) -> Lb {
+        let dir = std::env::temp_dir().join(format!(
+            "lb-test-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = dir.join("lb.toml");
+        std::fs::write(&config, toml).expect("write lb.toml");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lb"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("LB_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lb");
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let lb = Lb { child, dir, config, log };
+        lb.wait_log(0, |l| l.contains(" started: ")).await;
+        lb
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// All log lines so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Number of log lines so far: a position to wait from.
+    pub fn mark(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    /// Waits for a log line at index `from` or later that satisfies `pred`, and returns it.
+    pub async fn wait_log(&self, from: usize, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(l) = self.log.lock().unwrap().iter().skip(from).find(|l| pred(l)) {
+                return l.clone();
+            }
+            if Instant::now() > deadline {
+                panic!("no matching log line within {PATIENCE:?}; logs:\n{}", self.logs().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Address of listener `name` as logged by the latest "listening" line for it at or after
+    /// `from` (listeners bound to port 0 are found this way).
+    pub async fn listener_addr(&self, from: usize, name: &str) -> SocketAddr {
+        let tag = format!("listener={name} ");
+        let line = self.wait_log(from, |l| l.contains(" listening ") && l.contains(&tag)).await;
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.trim_matches('"').parse().ok())
+            .unwrap_or_else(|| panic!("no addr= in {line:?}"))
+    }
+
+    /// Sends `sig` ("HUP", "TERM", "INT") to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok =
+            Command::new("kill").arg("-s").arg(sig).arg(self.pid().to_string()).status().expect("run kill").success();
+        assert!(ok, "kill -s {sig} failed");
+    }
+
+    /// Replaces lb.toml atomically (a reader never sees half a file).
+    pub fn write_config(&self, toml: &str) {
+        let tmp = self.dir.join("lb.toml.new");
+        std::fs::write(&tmp, toml).expect("write config");
+        std::fs::rename(&tmp, &self.config).expect("rename config");
+    }
+
+    /// Writes `toml`, sends SIGHUP and waits for the outcome: `Ok(line)` for "reload applied",
+    /// `Err(line)` for "reload rejected".
+    pub async fn reload(&self, toml: &str) -> Result<String, String> {
+        self.write_config(toml);
+        self.hup().await
+    }
+
+    /// SIGHUP with the file as it is; see [`Lb::reload`].
+    pub async fn hup(&self) -> Result<String, String> {
+        let from = self.mark();
+        self.signal("HUP");
+        let line = self.wait_log(from, |l| l.contains("reload applied") || l.contains("reload rejected")).await;
+        if line.contains("reload applied") {
+            Ok(line)
+        } else {
+            Err(line)
+        }
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait")
+    }
+
+    /// Waits (up to `limit`) for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.try_exit() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("lb did not exit within {limit:?}; logs:\n{}", self.logs().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Lb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls until a connection to `addr` is refused (the listener is closed).
+pub async fn wait_refused(addr: SocketAddr) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => return,
+            _ if Instant::now() > deadline => panic!("{addr} still accepts connections"),
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
+
+/// Polls until `cond` holds.
+pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One explicit HTTP/1.1 keep-alive connection (unlike the pooled client, the test knows
+/// every request goes over this very socket). `closed` resolves when the server closes it.
+pub struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    pub driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
+}
+
+impl Conn {
+    pub async fn open(addr: SocketAddr) -> Conn {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to lb");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        Conn { sender, driver: tokio::spawn(conn) }
+    }
+
+    /// Closes the socket.
+    pub fn close(self) {
+        self.driver.abort();
+    }
+
+    /// GET `path` on this connection → (status, body).
+    pub async fn get(&mut self, path: &str) -> Result<(u16, String), String> {
+        let resp = self.head(path).await?;
+        let status = resp.status().as_u16();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// GET `path` on this connection, returning once the response head is in.
+    pub async fn head(&mut self, path: &str) -> Result<http::Response<hyper::body::Incoming>, String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let req = http::Request::get(path).header("host", "lb.test").body(Empty::new()).unwrap();
+        self.sender.send_request(req).await.map_err(|e| e.to_string())
+    }
+}
+
+/// `[[listeners]]` entry.
+pub fn listener(name: &str, bind: &str, mode: &str, pool: &str) -> String {
+    format!("[[listeners]]\nname = \"{name}\"\nbind = \"{bind}\"\nmode = \"{mode}\"\npool = \"{pool}\"\n\n")
+}
+
+/// `[pools.NAME]` with `backends` (names as in TestBackend) and extra `key = value` lines.
+pub fn pool(name: &str, strategy: &str, backends: &[&TestBackend], extra: &str) -> String {
+    format!("[pools.{name}]\nstrategy = \"{strategy}\"\n{}\n{extra}\n", crate::common::backends_toml(backends))
+}
+
+/// `[pools.NAME]` with weighted backends.
+pub fn pool_w(name: &str, strategy: &str, backends: &[(&TestBackend, u32)], extra: &str) -> String {
+    let items: Vec<String> = backends
+        .iter()
+        .map(|(b, w)| format!("{{ addr = \"{}\", name = \"{}\", weight = {w} }}", b.addr, b.name))
+        .collect();
+    format!("[pools.{name}]\nstrategy = \"{strategy}\"\nbackends = [{}]\n{extra}\n", items.join(", "))
+}
+
+/// `n` distinct ports nobody listens on right now (bound, read, released: a small race,
+/// acceptable).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Reads from a raw stream until `needle` has been seen (or EOF), returning everything read.
+pub async fn read_raw_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + PATIENCE;
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("timed out reading").expect("read");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Reads the body of a streamed response up to and including `until` (or the end).
+pub async fn read_until(body: &mut hyper::body::Incoming, until: &str) -> Result<String, String> {
+    let mut got = String::new();
+    while !got.contains(until) {
+        match body.frame().await {
+            Some(Ok(f)) => {
+                if let Ok(d) = f.into_data() {
+                    got.push_str(&String::from_utf8_lossy(&d));
+                }
+            }
+            Some(Err(e)) => return Err(format!("{e} after {got:?}")),
+            None => break,
+        }
+    }
+    Ok(got)
+}
