@@ -1,12 +1,14 @@
-//! The admin listener: `GET /metrics` (Prometheus text format) and `GET /healthz` (is the
-//! process up and serving), on their own address so they can be firewalled apart from clients.
+//! The admin listener: `GET /metrics` (Prometheus text format), `GET /healthz` (is the process
+//! up and serving), `GET /status` (an HTML status page of listeners, pools and backends) and
+//! `GET /status.json` (the same data), on their own address so they can be firewalled apart
+//! from clients.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, X_CONTENT_TYPE_OPTIONS};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -16,6 +18,14 @@ use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Signal;
+use crate::status::{Rates, SharedTopology, Status, CSP};
+
+/// What the admin endpoints read.
+struct Admin {
+    metrics: Arc<Metrics>,
+    topology: SharedTopology,
+    rates: Arc<Rates>,
+}
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
@@ -24,21 +34,44 @@ fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     r
 }
 
-async fn route(req: Request<Incoming>, metrics: Arc<Metrics>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// A live view: never cached, never sniffed as another type.
+fn live(body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    let h = r.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    r
+}
+
+async fn route(req: Request<Incoming>, admin: Arc<Admin>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let status = || Status::collect(&admin.metrics, &admin.topology.load(), &admin.rates);
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET | &Method::HEAD, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            let mut r = Response::new(Full::new(Bytes::from(admin.metrics.render())));
             r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
             r
         }
-        (_, "/healthz" | "/metrics") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found; try /metrics or /healthz\n"),
+        (&Method::GET | &Method::HEAD, "/status") => {
+            let mut r = live(status().to_html(), "text/html; charset=utf-8");
+            r.headers_mut().insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+            r
+        }
+        (&Method::GET | &Method::HEAD, "/status.json") => live(status().to_json(), "application/json"),
+        (_, "/healthz" | "/metrics" | "/status" | "/status.json") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found; try /status, /status.json, /metrics or /healthz\n"),
     })
 }
 
-/// Serves the admin endpoints until the drain is triggered.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut signal: Signal) {
+/// Serves the admin endpoints until the drain is triggered. `topology` is the listener and
+/// health-check view that `app` republishes on reload.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, topology: SharedTopology, mut signal: Signal) {
+    let rates = Arc::new(Rates::default());
+    tokio::spawn(rates.clone().run(metrics.clone(), signal.clone()));
+    let admin = Arc::new(Admin { metrics, topology, rates });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
     loop {
@@ -55,9 +88,12 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, mut signal: Sig
         };
         let builder = builder.clone();
         let mut sig = signal.clone();
-        let metrics = metrics.clone();
+        let admin = admin.clone();
         tokio::spawn(async move {
-            let conn = builder.serve_connection(TokioIo::new(stream), hyper::service::service_fn(move |req| route(req, metrics.clone())));
+            let conn = builder.serve_connection(
+                TokioIo::new(stream),
+                hyper::service::service_fn(move |req| route(req, admin.clone())),
+            );
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}

@@ -161,6 +161,11 @@ impl Metrics {
         self.pools.store(Arc::new(pools));
     }
 
+    /// The live pools, by name (what the status page shows).
+    pub fn pools(&self) -> Arc<BTreeMap<String, PoolHandle>> {
+        self.pools.load_full()
+    }
+
     /// Deletes the series of a listener that a reload removed.
     pub fn forget_listener(&self, name: &str) {
         let _ = self.connections_open.remove_label_values(&[name]);

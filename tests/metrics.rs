@@ -23,7 +23,9 @@ struct Sample {
 fn parse(text: &str) -> Vec<Sample> {
     let valid_name = |n: &str| {
         !n.is_empty()
-            && n.chars().enumerate().all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
+            && n.chars()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_alphabetic() || c == '_' || c == ':' || (i > 0 && c.is_ascii_digit()))
     };
     let mut typed: BTreeMap<String, String> = BTreeMap::new();
     let mut samples = Vec::new();
@@ -185,8 +187,15 @@ async fn every_spec_family_with_exact_counts_across_a_reload() {
     assert_eq!(value(&s, "lb_backend_up", &[("pool", "app"), ("backend", "a")]), Some(1.0));
     assert_eq!(value(&s, "lb_backend_up", &[("pool", "empty"), ("backend", "nowhere")]), Some(0.0));
     assert_eq!(value(&s, "lb_backend_in_flight", &[("pool", "app"), ("backend", "a")]), Some(0.0));
-    assert!(value(&s, "lb_health_checks_total", &[("pool", "app"), ("backend", "a"), ("result", "success")]).unwrap() >= 1.0);
-    assert!(value(&s, "lb_health_checks_total", &[("pool", "empty"), ("backend", "nowhere"), ("result", "failure")]).unwrap() >= 1.0);
+    assert!(
+        value(&s, "lb_health_checks_total", &[("pool", "app"), ("backend", "a"), ("result", "success")]).unwrap()
+            >= 1.0
+    );
+    assert!(
+        value(&s, "lb_health_checks_total", &[("pool", "empty"), ("backend", "nowhere"), ("result", "failure")])
+            .unwrap()
+            >= 1.0
+    );
     // Exactly one more connection after one raw connection, and open back where it was.
     let conns = value(&s, "lb_connections_total", &[("listener", "web")]).unwrap();
     let open = value(&s, "lb_connections_open", &[("listener", "web")]).unwrap();
@@ -250,9 +259,7 @@ async fn in_flight_rises_under_load_and_returns_to_zero() {
     );
     let lb = start_lb(&toml).await;
     let web = lb.listener_addr("web").unwrap();
-    let tasks: Vec<_> = (0..5)
-        .map(|_| tokio::spawn(async move { get(&client(), web, "/slow/400").await.0 }))
-        .collect();
+    let tasks: Vec<_> = (0..5).map(|_| tokio::spawn(async move { get(&client(), web, "/slow/400").await.0 })).collect();
     let labels = [("pool", "app"), ("backend", "a")];
     let mut peak = 0.0;
     for _ in 0..30 {
