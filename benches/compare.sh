@@ -69,7 +69,7 @@ CONF
 cat > "$W/haproxy.cfg" <<CONF
 global
   nbthread 2
-  maxconn 20000
+  maxconn 8000
 defaults
   mode http
   timeout connect 2s

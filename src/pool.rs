@@ -2,8 +2,8 @@
 //!
 //! A [`Pool`] is built once per change (config load, reload, health transition) and published
 //! behind an `ArcSwap` ([`PoolHandle`]). A request loads it once and sees one consistent world.
-//! Per-request counters (in flight) are atomics on the `Arc<Backend>` the snapshots share, so a
-//! backend kept across snapshots keeps its state.
+//! Per-request counters (in flight, the latency estimate of `least_time`) are atomics on the
+//! `Arc<Backend>` the snapshots share, so a backend kept across snapshots keeps its state.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::balance::{self, Cursor, Strategy, StrategyKind};
+use crate::balance::{self, Cursor, LatencyEstimate, PickCtx, Strategy, StrategyKind};
 use crate::config::defaults;
 use crate::health::HealthState;
 use crate::metrics::BackendMetrics;
@@ -41,6 +41,8 @@ pub struct BackendState {
     pub health: HealthState,
     /// This backend's metric series (kept across reloads, gone with the backend).
     pub metrics: BackendMetrics,
+    /// Peak-EWMA response time for `least_time`, fed by the proxies (atomics, no lock).
+    pub latency: LatencyEstimate,
 }
 
 impl Backend {
@@ -78,27 +80,40 @@ impl Backend {
         &self.state.metrics
     }
 
-    /// Counts one request in flight until the returned guard drops.
+    /// Response-time estimate (`least_time`), shared by every snapshot and kept across reloads.
+    pub fn latency(&self) -> &LatencyEstimate {
+        &self.state.latency
+    }
+
+    /// Counts one request in flight until the returned guard drops. The proxies go through
+    /// [`Pool::acquire`], which also keeps the pool-wide count when the strategy needs it.
     pub fn acquire(self: &Arc<Self>) -> InFlight {
         self.state.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
+        InFlight { backend: self.clone(), pool: None }
     }
 }
 
 /// Guard for one in-flight request; decrements the backend's count when dropped, which for a
 /// streamed response is when the last body byte has been passed on (or the client went away).
 #[derive(Debug)]
-pub struct InFlight(Arc<Backend>);
+pub struct InFlight {
+    backend: Arc<Backend>,
+    /// The pool-wide count this request is also counted in (see [`Pool::acquire`]).
+    pool: Option<Cursor>,
+}
 
 impl InFlight {
     pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
+        &self.backend
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.backend.state.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(cursor) = &self.pool {
+            cursor.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -138,10 +153,14 @@ pub struct Pool {
     pub up: Vec<usize>,
     pub kind: StrategyKind,
     pub settings: Arc<PoolSettings>,
-    /// Rotation position shared by every snapshot of this pool with this strategy, so that a
-    /// health flip does not restart the rotation.
+    /// Rotation position (and, for a load-bounded `consistent_hash`, the pool-wide in-flight
+    /// count) shared by every snapshot of this pool with this strategy, so that a health flip
+    /// does not restart the rotation.
     pub cursor: Cursor,
     strategy: Box<dyn Strategy>,
+    /// Whether [`Pool::acquire`] keeps `cursor.in_flight`: only `consistent_hash` with
+    /// `hash_balance_factor` reads it, so no other pool pays for the shared counter.
+    counts_pool_in_flight: bool,
 }
 
 impl std::fmt::Debug for Pool {
@@ -167,7 +186,9 @@ impl Pool {
     ) -> Self {
         debug_assert!(up.windows(2).all(|w| w[0] < w[1]) && up.iter().all(|&i| i < backends.len()));
         let strategy = balance::build(kind, &backends, &up, cursor.clone());
-        Pool { name, backends, up, kind, settings, cursor, strategy }
+        let counts_pool_in_flight =
+            matches!(kind, StrategyKind::ConsistentHash(options) if options.balance_factor.is_some());
+        Pool { name, backends, up, kind, settings, cursor, strategy, counts_pool_in_flight }
     }
 
     /// A snapshot with every backend in rotation.
@@ -186,12 +207,25 @@ impl Pool {
         Pool::new(self.name.clone(), self.backends.clone(), up, self.kind, self.settings.clone(), self.cursor.clone())
     }
 
-    /// Chooses a backend in rotation that is not in `tried`; `None` when none is left.
-    pub fn pick(&self, tried: &[usize]) -> Option<usize> {
+    /// Chooses a backend in rotation that is not in `ctx.tried`; `None` when none is left.
+    pub fn pick(&self, ctx: &PickCtx<'_>) -> Option<usize> {
         if self.up.is_empty() {
             return None;
         }
-        self.strategy.pick(self, tried)
+        self.strategy.pick(self, ctx)
+    }
+
+    /// Counts one request (http) or session (tcp) in flight on `backends[index]` until the
+    /// guard drops. For `consistent_hash` with `hash_balance_factor` it is also counted in the
+    /// pool-wide total that the load bound compares against; the guard keeps that counter
+    /// alive, so a request started on an older snapshot is subtracted from the right one.
+    pub fn acquire(&self, index: usize) -> InFlight {
+        let mut guard = self.backends[index].acquire();
+        if self.counts_pool_in_flight {
+            self.cursor.in_flight.fetch_add(1, Ordering::Relaxed);
+            guard.pool = Some(self.cursor.clone());
+        }
+        guard
     }
 }
 

@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use rand::RngExt;
 
 use super::round_robin::first_untried;
-use super::{Cursor, Strategy};
+use super::{Cursor, PickCtx, Strategy};
 use crate::pool::{Backend, Pool};
 
 /// Pools with more backends in rotation than this use power-of-two-choices.
@@ -44,7 +44,7 @@ impl LeastConnections {
 
     /// O(n): the least-loaded untried backend, scanning from a rotating start.
     fn full_scan(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % pool.up.len();
+        let start = self.cursor.position.fetch_add(1, Ordering::Relaxed) % pool.up.len();
         // Two slices instead of `% len` per step: the scan is the whole cost of this pick.
         let (before, after) = pool.up.split_at(start);
         let mut best: Option<(usize, Load)> = None;
@@ -84,7 +84,8 @@ impl LeastConnections {
 }
 
 impl Strategy for LeastConnections {
-    fn pick(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
+    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+        let tried = ctx.tried;
         if pool.up.is_empty() {
             return None;
         }
@@ -151,7 +152,7 @@ mod tests {
     fn counts(pool: &Pool, picks: usize) -> Vec<usize> {
         let mut counts = vec![0; pool.backends.len()];
         for _ in 0..picks {
-            counts[pool.pick(&[]).unwrap()] += 1;
+            counts[pool.pick(&PickCtx::new(&[])).unwrap()] += 1;
         }
         counts
     }
@@ -211,17 +212,17 @@ mod tests {
     fn tried_backends_are_skipped() {
         let pool = all_up(&[1, 1, 1, 1]);
         let _guards = load(&pool, &[0, 1, 2, 3]);
-        assert_eq!(pool.pick(&[0]), Some(1));
-        assert_eq!(pool.pick(&[0, 1]), Some(2));
-        assert_eq!(pool.pick(&[1, 0, 2]), Some(3));
+        assert_eq!(pool.pick(&PickCtx::new(&[0])), Some(1));
+        assert_eq!(pool.pick(&PickCtx::new(&[0, 1])), Some(2));
+        assert_eq!(pool.pick(&PickCtx::new(&[1, 0, 2])), Some(3));
     }
 
     #[test]
     fn none_when_every_up_backend_was_tried() {
         let pool = pool(&[1, 1, 1], vec![0, 2]);
-        assert_eq!(pool.pick(&[0, 2]), None);
-        assert_eq!(pool.pick(&[2, 1, 0]), None);
-        assert_eq!(pool.pick(&[0]), Some(2));
+        assert_eq!(pool.pick(&PickCtx::new(&[0, 2])), None);
+        assert_eq!(pool.pick(&PickCtx::new(&[2, 1, 0])), None);
+        assert_eq!(pool.pick(&PickCtx::new(&[0])), Some(2));
     }
 
     fn large_pool(down: &[usize]) -> Pool {
@@ -237,7 +238,7 @@ mod tests {
         // drawn twice, which two distinct draws rule out.
         let _guards = load(&pool, &[&[100][..], &[1; 2 * FULL_SCAN_MAX - 1]].concat());
         for _ in 0..10_000 {
-            assert_ne!(pool.pick(&[]), Some(0));
+            assert_ne!(pool.pick(&PickCtx::new(&[])), Some(0));
         }
     }
 
@@ -259,15 +260,15 @@ mod tests {
         let pool = large_pool(&down);
         let tried = [1, 2, 3, 64, 127];
         for _ in 0..10_000 {
-            let index = pool.pick(&tried).unwrap();
+            let index = pool.pick(&PickCtx::new(&tried)).unwrap();
             assert!(!down.contains(&index) && !tried.contains(&index), "{index}");
         }
         let all: Vec<usize> = pool.up.clone();
-        assert_eq!(pool.pick(&all), None);
+        assert_eq!(pool.pick(&PickCtx::new(&all)), None);
         // One left untried: it is found whatever the draws.
         let all_but_one: Vec<usize> = all.iter().copied().filter(|&i| i != 99).collect();
         for _ in 0..100 {
-            assert_eq!(pool.pick(&all_but_one), Some(99));
+            assert_eq!(pool.pick(&PickCtx::new(&all_but_one)), Some(99));
         }
     }
 }

@@ -1,62 +1,164 @@
 //! Balancing strategies: given a [`Pool`] snapshot, choose a backend.
 //!
 //! A strategy is built per snapshot by [`build`] (so it can precompute from exactly the set of
-//! backends in rotation) and holds only its own cursor or RNG; health, weights and load are read
-//! from the snapshot. `pick` never blocks and takes no lock. Failover asks again with the
-//! already-tried indices in `tried`, and the strategy walks on from its choice.
+//! backends in rotation) and holds only its own cursor, RNG or precomputed table; health,
+//! weights, load and latency are read from the snapshot's backends. `pick` never blocks and
+//! takes no lock. What a strategy may know about the request is in [`PickCtx`]: the backends
+//! already tried (failover asks again and the strategy walks on from its choice) and, for
+//! `consistent_hash`, the hash of the request's key.
 
+mod consistent_hash;
 mod least_connections;
+mod least_time;
 mod random;
 mod round_robin;
 mod weighted;
 
+use std::net::IpAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use http::{HeaderMap, Uri};
+use serde::{Deserialize, Deserializer};
 
 use crate::pool::{Backend, Pool};
 
+pub use consistent_hash::{hash_bytes, hash_ip, BalanceFactor, ConsistentHash, HashKey, HashOptions};
 pub use least_connections::LeastConnections;
+pub use least_time::{LatencyEstimate, LeastTime, TryTimer};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weighted::Weighted;
 
-/// The strategies users name in lb.toml (`strategy = "..."`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// The strategies users name in lb.toml (`strategy = "..."`), with their options.
+///
+/// `Copy` on purpose: a pool's kind travels by value from the validated config into every
+/// snapshot, and two kinds are equal exactly when the strategy and its options are (a reload
+/// that changes `hash_key` is a strategy change).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StrategyKind {
     RoundRobin,
     Random,
     Weighted,
     LeastConnections,
+    /// `consistent_hash` with `hash_key` and `hash_balance_factor`.
+    ConsistentHash(HashOptions),
+    LeastTime,
 }
 
 impl StrategyKind {
+    /// The name as written in lb.toml, without options.
     pub fn as_str(self) -> &'static str {
         match self {
             StrategyKind::RoundRobin => "round_robin",
             StrategyKind::Random => "random",
             StrategyKind::Weighted => "weighted",
             StrategyKind::LeastConnections => "least_connections",
+            StrategyKind::ConsistentHash(_) => "consistent_hash",
+            StrategyKind::LeastTime => "least_time",
+        }
+    }
+
+    /// The hash of an HTTP request's key for `consistent_hash` (its `hash_key`, or the client IP
+    /// when the request has no such key); `None`, without looking at the request, for every
+    /// other strategy.
+    pub fn request_key_hash(self, headers: &HeaderMap, uri: &Uri, client: IpAddr) -> Option<u64> {
+        match self {
+            StrategyKind::ConsistentHash(options) => Some(options.key.hash_request(headers, uri, client)),
+            _ => None,
+        }
+    }
+
+    /// The hash of a TCP session's key for `consistent_hash`: always the client IP (a byte
+    /// stream has no headers, cookies or URI); `None` for every other strategy.
+    pub fn connection_key_hash(self, client: IpAddr) -> Option<u64> {
+        match self {
+            StrategyKind::ConsistentHash(_) => Some(hash_ip(client)),
+            _ => None,
         }
     }
 }
 
+/// The name alone for most strategies; `consistent_hash` shows its options too, so that the
+/// reload summary says what changed when only they did.
 impl std::fmt::Display for StrategyKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
+        match self {
+            StrategyKind::ConsistentHash(options) => write!(f, "consistent_hash({options})"),
+            other => f.write_str(other.as_str()),
+        }
     }
 }
 
-/// A rotation counter shared by successive snapshots of the same pool.
-pub type Cursor = Arc<AtomicUsize>;
+/// Reads the bare name (`strategy = "consistent_hash"`), with default options; validation
+/// fills in the pool's `hash_key` and `hash_balance_factor`. Unknown names get serde's own
+/// "unknown variant `x`, expected one of ..." message.
+impl<'de> Deserialize<'de> for StrategyKind {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Name {
+            RoundRobin,
+            Random,
+            Weighted,
+            LeastConnections,
+            ConsistentHash,
+            LeastTime,
+        }
+        Ok(match Name::deserialize(d)? {
+            Name::RoundRobin => StrategyKind::RoundRobin,
+            Name::Random => StrategyKind::Random,
+            Name::Weighted => StrategyKind::Weighted,
+            Name::LeastConnections => StrategyKind::LeastConnections,
+            Name::ConsistentHash => StrategyKind::ConsistentHash(HashOptions::default()),
+            Name::LeastTime => StrategyKind::LeastTime,
+        })
+    }
+}
+
+/// State shared by successive snapshots of the same pool (as long as its strategy stays).
+#[derive(Debug, Default)]
+pub struct CursorState {
+    /// Rotation position: round_robin's turn, weighted's place in its schedule, the rotating
+    /// start of least_connections' and least_time's scans.
+    pub position: AtomicUsize,
+    /// Requests (http) or sessions (tcp) in flight in the whole pool. Counted only for
+    /// `consistent_hash` with `hash_balance_factor`, whose load bound compares a backend with
+    /// the pool's average (see [`Pool::acquire`]); zero otherwise.
+    pub in_flight: AtomicUsize,
+}
+
+/// Rotation and load state shared by successive snapshots of the same pool.
+pub type Cursor = Arc<CursorState>;
+
+/// What a strategy knows about the request (or TCP session) it picks for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PickCtx<'a> {
+    /// Indices (into `pool.backends`) already tried for this request, in order; empty on the
+    /// first try. Tiny, so a linear `contains` beats any set.
+    pub tried: &'a [usize],
+    /// Hash of the request's key; `Some` only for `consistent_hash` (see
+    /// [`StrategyKind::request_key_hash`]), so no other strategy pays for computing it.
+    pub key_hash: Option<u64>,
+}
+
+impl<'a> PickCtx<'a> {
+    /// A context without a key.
+    pub fn new(tried: &'a [usize]) -> Self {
+        PickCtx { tried, key_hash: None }
+    }
+
+    /// The same context with the request's key hash.
+    pub fn with_key(self, key_hash: u64) -> Self {
+        PickCtx { key_hash: Some(key_hash), ..self }
+    }
+}
 
 /// Chooses one backend of a snapshot.
 pub trait Strategy: Send + Sync {
-    /// Returns an index into `pool.backends` that is in `pool.up` and not in `tried`, or `None`
-    /// when every backend in rotation has been tried. `pool.up` is never empty here.
-    fn pick(&self, pool: &Pool, tried: &[usize]) -> Option<usize>;
+    /// Returns an index into `pool.backends` that is in `pool.up` and not in `ctx.tried`, or
+    /// `None` when every backend in rotation has been tried. `pool.up` is never empty here.
+    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize>;
 }
 
 /// Builds the strategy for one snapshot: `backends` is the whole pool, `up` the ascending indices
@@ -67,5 +169,7 @@ pub fn build(kind: StrategyKind, backends: &[Arc<Backend>], up: &[usize], cursor
         StrategyKind::Random => Box::new(Random::new()),
         StrategyKind::Weighted => Box::new(Weighted::new(backends, up, cursor)),
         StrategyKind::LeastConnections => Box::new(LeastConnections::new(cursor)),
+        StrategyKind::ConsistentHash(options) => Box::new(ConsistentHash::new(backends, up, options, cursor)),
+        StrategyKind::LeastTime => Box::new(LeastTime::new(backends, cursor)),
     }
 }

@@ -8,7 +8,7 @@
 
 use rand::RngExt;
 
-use super::Strategy;
+use super::{PickCtx, Strategy};
 use crate::pool::Pool;
 
 /// Uniform random choice; holds no state of its own.
@@ -22,7 +22,8 @@ impl Random {
 }
 
 impl Strategy for Random {
-    fn pick(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
+    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+        let tried = ctx.tried;
         let up = &pool.up;
         if up.is_empty() {
             return None;
@@ -65,7 +66,7 @@ mod tests {
     fn counts(pool: &Pool, tried: &[usize], picks: usize) -> Vec<usize> {
         let mut counts = vec![0; pool.backends.len()];
         for _ in 0..picks {
-            counts[pool.pick(tried).unwrap()] += 1;
+            counts[pool.pick(&PickCtx::new(tried)).unwrap()] += 1;
         }
         counts
     }
@@ -108,14 +109,14 @@ mod tests {
     fn tried_backends_are_never_chosen() {
         let pool = pool(3, vec![0, 1, 2]);
         for _ in 0..1000 {
-            assert_eq!(pool.pick(&[0, 2]), Some(1));
+            assert_eq!(pool.pick(&PickCtx::new(&[0, 2])), Some(1));
         }
     }
 
     #[test]
     fn none_when_every_up_backend_was_tried() {
         let pool = pool(4, vec![1, 3]);
-        assert_eq!(pool.pick(&[3, 1]), None);
-        assert_eq!(pool.pick(&[0, 1, 2, 3]), None);
+        assert_eq!(pool.pick(&PickCtx::new(&[3, 1])), None);
+        assert_eq!(pool.pick(&PickCtx::new(&[0, 1, 2, 3])), None);
     }
 }

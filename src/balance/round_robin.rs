@@ -14,7 +14,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Cursor, Strategy};
+use super::{Cursor, PickCtx, Strategy};
 use crate::pool::Pool;
 
 /// Strict rotation over `pool.up`.
@@ -30,8 +30,9 @@ impl RoundRobin {
 }
 
 impl Strategy for RoundRobin {
-    fn pick(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
-        let position = self.cursor.fetch_add(1, Ordering::Relaxed);
+    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+        let tried = ctx.tried;
+        let position = self.cursor.position.fetch_add(1, Ordering::Relaxed);
         first_untried(&pool.up, position, tried)
     }
 }
@@ -76,7 +77,7 @@ mod tests {
     fn counts(pool: &Pool, picks: usize) -> Vec<usize> {
         let mut counts = vec![0; pool.backends.len()];
         for _ in 0..picks {
-            counts[pool.pick(&[]).unwrap()] += 1;
+            counts[pool.pick(&PickCtx::new(&[])).unwrap()] += 1;
         }
         counts
     }
@@ -84,7 +85,7 @@ mod tests {
     #[test]
     fn strict_rotation_in_order() {
         let pool = pool(&[1, 1, 1], vec![0, 1, 2]);
-        let picks: Vec<usize> = (0..7).map(|_| pool.pick(&[]).unwrap()).collect();
+        let picks: Vec<usize> = (0..7).map(|_| pool.pick(&PickCtx::new(&[])).unwrap()).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2, 0]);
     }
 
@@ -97,7 +98,7 @@ mod tests {
     #[test]
     fn n_plus_minus_one_from_any_cursor_position() {
         let pool = pool(&[1, 1, 1], vec![0, 1, 2]);
-        pool.cursor.store(usize::MAX - 4, Ordering::Relaxed); // also crosses the wrap-around
+        pool.cursor.position.store(usize::MAX - 4, Ordering::Relaxed); // also crosses the wrap-around
         for _ in 0..3 {
             let counts = counts(&pool, 3 * 100);
             assert!(counts.iter().all(|&c| (99..=101).contains(&c)), "{counts:?}");
@@ -114,25 +115,25 @@ mod tests {
     fn tried_backends_are_skipped_walking_on() {
         let pool = pool(&[1, 1, 1, 1], vec![0, 1, 2, 3]);
         // Cursor at 0 chooses backend 0; it was tried, so walk on to 1.
-        assert_eq!(pool.pick(&[0]), Some(1));
+        assert_eq!(pool.pick(&PickCtx::new(&[0])), Some(1));
         // Cursor at 1 chooses 1; 1 and 2 tried, so walk on to 3.
-        assert_eq!(pool.pick(&[1, 2]), Some(3));
+        assert_eq!(pool.pick(&PickCtx::new(&[1, 2])), Some(3));
         // Cursor at 2 chooses 2; 2 and 3 tried, so wrap around to 0.
-        assert_eq!(pool.pick(&[2, 3]), Some(0));
+        assert_eq!(pool.pick(&PickCtx::new(&[2, 3])), Some(0));
     }
 
     #[test]
     fn none_when_every_up_backend_was_tried() {
         let pool = pool(&[1, 1, 1], vec![0, 2]);
-        assert_eq!(pool.pick(&[0, 2]), None);
-        assert_eq!(pool.pick(&[2, 0, 1]), None);
-        assert_eq!(pool.pick(&[0]), Some(2));
+        assert_eq!(pool.pick(&PickCtx::new(&[0, 2])), None);
+        assert_eq!(pool.pick(&PickCtx::new(&[2, 0, 1])), None);
+        assert_eq!(pool.pick(&PickCtx::new(&[0])), Some(2));
     }
 
     #[test]
     fn rotation_continues_across_snapshots_sharing_the_cursor() {
         let first = pool(&[1, 1, 1], vec![0, 1, 2]);
-        assert_eq!(first.pick(&[]), Some(0));
+        assert_eq!(first.pick(&PickCtx::new(&[])), Some(0));
         let second = Pool::new(
             "test".into(),
             first.backends.clone(),
@@ -141,6 +142,6 @@ mod tests {
             first.settings.clone(),
             first.cursor.clone(),
         );
-        assert_eq!(second.pick(&[]), Some(1));
+        assert_eq!(second.pick(&PickCtx::new(&[])), Some(1));
     }
 }

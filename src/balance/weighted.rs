@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Cursor, Strategy};
+use super::{Cursor, PickCtx, Strategy};
 use crate::pool::{Backend, Pool};
 
 /// Upper bound for the schedule's length (4 MiB of `u32`), reached only by extreme pools.
@@ -60,12 +60,13 @@ impl Weighted {
 }
 
 impl Strategy for Weighted {
-    fn pick(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
+    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+        let tried = ctx.tried;
         let len = self.schedule.len();
         if len == 0 {
             return None;
         }
-        let start = self.cursor.fetch_add(1, Ordering::Relaxed) % len;
+        let start = self.cursor.position.fetch_add(1, Ordering::Relaxed) % len;
         if tried.is_empty() {
             return Some(self.schedule[start] as usize);
         }
@@ -186,7 +187,7 @@ mod tests {
     }
 
     fn picks(pool: &Pool, count: usize) -> Vec<usize> {
-        (0..count).map(|_| pool.pick(&[]).unwrap()).collect()
+        (0..count).map(|_| pool.pick(&PickCtx::new(&[])).unwrap()).collect()
     }
 
     /// nginx's loop, literally: the reference the precomputed schedule must equal.
@@ -343,18 +344,18 @@ mod tests {
     fn tried_backends_are_skipped_walking_forward_in_the_schedule() {
         let pool = all_up(&[5, 1, 1]); // schedule [0, 0, 1, 0, 2, 0, 0]
                                        // Position 0 holds 0 (tried); walking on: 0 again, then 1.
-        assert_eq!(pool.pick(&[0]), Some(1));
+        assert_eq!(pool.pick(&PickCtx::new(&[0])), Some(1));
         // Position 1 holds 0; walking on past 1 (tried) and 0 reaches 2 at position 4.
-        assert_eq!(pool.pick(&[0, 1]), Some(2));
+        assert_eq!(pool.pick(&PickCtx::new(&[0, 1])), Some(2));
         // Position 2 holds 1, not tried.
-        assert_eq!(pool.pick(&[0, 2]), Some(1));
+        assert_eq!(pool.pick(&PickCtx::new(&[0, 2])), Some(1));
     }
 
     #[test]
     fn none_when_every_up_backend_was_tried() {
         let pool = pool(&[5, 1, 1], vec![0, 2]);
-        assert_eq!(pool.pick(&[0, 2]), None);
-        assert_eq!(pool.pick(&[2, 1, 0]), None);
-        assert_eq!(pool.pick(&[0]), Some(2));
+        assert_eq!(pool.pick(&PickCtx::new(&[0, 2])), None);
+        assert_eq!(pool.pick(&PickCtx::new(&[2, 1, 0])), None);
+        assert_eq!(pool.pick(&PickCtx::new(&[0])), Some(2));
     }
 }

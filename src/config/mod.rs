@@ -66,6 +66,7 @@ pub struct TlsCertConfig {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
+    /// With its options (`consistent_hash`'s `hash_key` and `hash_balance_factor`).
     pub strategy: StrategyKind,
     pub backends: Vec<BackendConfig>,
     pub connect_timeout: Duration,

@@ -75,7 +75,12 @@ pub struct RawTls {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPool {
+    /// The name alone; `consistent_hash`'s options below are folded in by validation.
     pub strategy: Spanned<StrategyKind>,
+    /// `consistent_hash` only: `client_ip`, `uri`, `header:NAME`, `cookie:NAME`, `query:NAME`.
+    pub hash_key: Option<Spanned<String>>,
+    /// `consistent_hash` only: bounded loads, a factor above 1.0.
+    pub hash_balance_factor: Option<Spanned<f64>>,
     pub backends: Spanned<Vec<RawBackend>>,
     pub connect_timeout: Option<Spanned<Dur>>,
     pub request_timeout: Option<Spanned<Dur>>,

@@ -3,7 +3,8 @@
 //! Everything a running proxy would trip over later is refused here, at load time, with the
 //! location of the offending value: listeners naming a missing pool, duplicate listener names or
 //! binds, pools without backends, duplicate backends, weight 0, unresolvable addresses, zero
-//! timeouts, unreadable TLS files. Odd-but-legal choices become warnings.
+//! timeouts, unreadable TLS files, `hash_key`/`hash_balance_factor` that are malformed or set
+//! without `consistent_hash`. Odd-but-legal choices become warnings.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -13,12 +14,12 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{Dur, HealthKind, RawConfig, RawHealth, RawListener, RawPool};
+use super::raw::{Dur, HealthKind, Mode, RawConfig, RawHealth, RawListener, RawPool};
 use super::{
     defaults, line_col, BackendConfig, Config, ConfigError, HealthConfig, ListenerConfig, Loaded, PoolConfig,
     TlsCertConfig,
 };
-use crate::balance::StrategyKind;
+use crate::balance::{BalanceFactor, HashKey, HashOptions, StrategyKind};
 
 struct Ctx<'a> {
     path: &'a Path,
@@ -95,6 +96,19 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded
     }
     for l in &raw.listeners {
         let lc = listener_config(&cx, l, &pools, &base)?;
+        if let (Mode::Tcp, Some(StrategyKind::ConsistentHash(options))) =
+            (lc.mode, pools.get(&lc.pool).map(|p| p.strategy))
+        {
+            if options.key != HashKey::ClientIp {
+                cx.warn(
+                    l.pool.span(),
+                    format!(
+                        "tcp listener {:?}: pool {:?} hashes on hash_key = \"{}\", which a tcp session does not have; its sessions are hashed on the client IP",
+                        lc.name, lc.pool, options.key
+                    ),
+                );
+            }
+        }
         if !names.insert(lc.name.clone()) {
             return Err(cx.err(l.name.span(), format!("duplicate listener name {:?}", lc.name)));
         }
@@ -209,7 +223,7 @@ fn pool_config(cx: &mut Ctx<'_>, name: &str, pool: &Spanned<RawPool>) -> Result<
         }
         backends.push(BackendConfig { name: bname, addr, weight });
     }
-    let strategy = *p.strategy.get_ref();
+    let strategy = strategy(cx, name, p)?;
     if strategy == StrategyKind::RoundRobin && backends.iter().any(|b| b.weight != backends[0].weight) {
         cx.warn(
             p.strategy.span(),
@@ -224,6 +238,39 @@ fn pool_config(cx: &mut Ctx<'_>, name: &str, pool: &Spanned<RawPool>) -> Result<
         retries: p.retries.as_ref().map_or(defaults::RETRIES, |r| *r.get_ref()),
         health: p.health.as_ref().map(|h| health_config(cx, name, h)).transpose()?,
     })
+}
+
+/// The pool's strategy with its options: `hash_key` and `hash_balance_factor` are checked and
+/// folded into `consistent_hash`, and refused with any other strategy.
+fn strategy(cx: &Ctx<'_>, name: &str, p: &RawPool) -> Result<StrategyKind, ConfigError> {
+    let kind = *p.strategy.get_ref();
+    if !matches!(kind, StrategyKind::ConsistentHash(_)) {
+        let misplaced = [
+            ("hash_key", p.hash_key.as_ref().map(|k| k.span())),
+            ("hash_balance_factor", p.hash_balance_factor.as_ref().map(|f| f.span())),
+        ];
+        if let Some((key, Some(span))) = misplaced.into_iter().find(|(_, span)| span.is_some()) {
+            return Err(cx.err(
+                span,
+                format!(
+                    "{key} only applies to strategy = \"consistent_hash\" (pool {name:?} uses {:?})",
+                    kind.as_str()
+                ),
+            ));
+        }
+        return Ok(kind);
+    }
+    let key = match &p.hash_key {
+        Some(k) => HashKey::parse(k.get_ref()).map_err(|message| cx.err(k.span(), message))?,
+        None => HashKey::ClientIp,
+    };
+    let balance_factor = match &p.hash_balance_factor {
+        Some(f) => Some(BalanceFactor::new(*f.get_ref()).ok_or_else(|| {
+            cx.err(f.span(), format!("hash_balance_factor must be a number above 1.0 (got {})", f.get_ref()))
+        })?),
+        None => None,
+    };
+    Ok(StrategyKind::ConsistentHash(HashOptions { key, balance_factor }))
 }
 
 fn health_config(cx: &mut Ctx<'_>, pool: &str, h: &RawHealth) -> Result<HealthConfig, ConfigError> {

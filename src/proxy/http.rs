@@ -26,6 +26,7 @@ use tokio::time::{timeout_at, Instant};
 use super::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::upstream::{connect, ConnectError, Sender, UpBody, UpstreamBody};
+use crate::balance::{PickCtx, TryTimer};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, Route};
@@ -120,6 +121,9 @@ impl HttpProxy {
         if let (false, Some(h)) = (parts.headers.contains_key(HOST), &host) {
             parts.headers.insert(HOST, h.clone());
         }
+        // consistent_hash: hash the request's key while the headers are still the client's
+        // (`None` at no cost for every other strategy).
+        let key_hash = pool.kind.request_key_hash(&parts.headers, &parts.uri, client.ip());
         strip_hop_by_hop(&mut parts.headers, upgrade);
         add_forwarding(&mut parts.headers, client.ip(), self.scheme, host.as_ref());
         // Backends get origin-form over HTTP/1.1 whatever the client spoke.
@@ -146,7 +150,7 @@ impl HttpProxy {
         let mut stale_retry_used = false;
         let mut last_timed_out = false;
         loop {
-            let Some(idx) = pool.pick(&tried) else {
+            let Some(idx) = pool.pick(&PickCtx { tried: &tried, key_hash }) else {
                 return (
                     if tried.is_empty() {
                         local::no_backend(&pool.name)
@@ -162,10 +166,18 @@ impl HttpProxy {
             let Some(req) = pending.take().or_else(|| replay.as_ref().map(Replay::build)) else {
                 return (local::bad_gateway(), None);
             };
-            let in_flight = backend.acquire();
+            let in_flight = pool.acquire(idx);
+            // least_time: this try's time to the response head feeds the backend's estimate.
+            let timer = TryTimer::start(pool.kind);
             match exchange(pool, backend, req).await {
                 Ok((mut resp, sender)) => {
                     backend.health().record_answer();
+                    // A 5xx counts as a failure for least_time: failing fast must not look fast.
+                    if resp.status().is_server_error() {
+                        timer.failed(backend, pool.settings.request_timeout);
+                    } else {
+                        timer.succeeded(backend);
+                    }
                     if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         let backend_upgrade = hyper::upgrade::on(&mut resp);
                         if let Some(client_upgrade) = client_upgrade {
@@ -209,6 +221,9 @@ impl HttpProxy {
                             health::passive_failure(pool, backend, "request timed out");
                         }
                     }
+                    // least_time: a failed try counts as one that took request_timeout (the
+                    // stale-connection replay above is not the backend's fault and skips this).
+                    timer.failed(backend, pool.settings.request_timeout);
                     pending = unsent;
                     tried.push(idx);
                     if attempts <= pool.settings.retries as usize && (pending.is_some() || replay.is_some()) {

@@ -13,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{copy_bidirectional, AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use crate::balance::{PickCtx, TryTimer};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::pool::{InFlight, Route};
@@ -24,16 +25,22 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let pool = pool.load().load_full();
+    // consistent_hash: a byte stream's only key is the client IP (`None` for other strategies).
+    let key_hash = pool.kind.connection_key_hash(peer.ip());
     let mut tried = Vec::new();
     loop {
-        let Some(idx) = pool.pick(&tried) else {
+        let Some(idx) = pool.pick(&PickCtx { tried: &tried, key_hash }) else {
             tracing::warn!(pool = %pool.name, client = %peer, tried = tried.len(), "no backend reachable for tcp session");
             return None;
         };
         let backend = &pool.backends[idx];
-        let guard = backend.acquire();
+        let guard = pool.acquire(idx);
+        // least_time: the connect time feeds the backend's estimate; a failed connect counts
+        // as one that took connect_timeout.
+        let timer = TryTimer::start(pool.kind);
         match tokio::time::timeout(pool.settings.connect_timeout, TcpStream::connect(backend.addr)).await {
             Ok(Ok(mut upstream)) => {
+                timer.succeeded(backend);
                 let _ = upstream.set_nodelay(true);
                 let copied = copy_bidirectional(&mut client, &mut upstream).await;
                 drop(guard);
@@ -54,6 +61,7 @@ where
                 health::passive_failure(&pool, backend, "connect timed out");
             }
         }
+        timer.failed(backend, pool.settings.connect_timeout);
         tried.push(idx);
         if tried.len() > pool.settings.retries as usize {
             return None;
