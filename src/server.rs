@@ -57,7 +57,7 @@ struct ListenerCounters {
     open: IntGauge,
     total: IntCounter,
     /// Bytes from and to clients; tcp listeners only.
-    tcp: Option<(IntCounter, IntCounter)>,
+    tcp: Option<tcp::ByteCounters>,
 }
 
 /// Counts a connection as open while it lives.
@@ -230,14 +230,8 @@ where
         Mode::Tcp => {
             // A TCP session is left to finish on its own when draining; the process-level
             // deadline bounds it.
-            if let Some((from_client, to_client)) =
-                tcp::proxy_connection(stream, peer, &rt.route, &rt.http.metrics).await
-            {
-                if let Some((from, to)) = &rt.counters.tcp {
-                    from.inc_by(from_client);
-                    to.inc_by(to_client);
-                }
-            }
+            let _session =
+                tcp::proxy_connection(stream, peer, &rt.route, &rt.http.metrics, rt.counters.tcp.as_ref()).await;
         }
         Mode::Http => {
             let proxy = rt.http.clone();

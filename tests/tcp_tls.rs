@@ -89,6 +89,16 @@ async fn a_mebibyte_passes_byte_identical_and_half_close_propagates() {
     assert_eq!(got.len(), payload.len() + b"|tail after eof".len());
     assert!(got[..payload.len()] == payload[..], "bytes changed in transit");
     assert_eq!(&got[payload.len()..], b"|tail after eof");
+    // lb_tcp_bytes_total counts exactly what crossed, both ways.
+    let text = lb.metrics().render();
+    let counted = |dir: &str| {
+        text.lines()
+            .find(|l| l.starts_with("lb_tcp_bytes_total{") && l.contains(&format!("direction=\"{dir}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .map(|v| v.to_string())
+    };
+    assert_eq!(counted("in").as_deref(), Some(payload.len().to_string().as_str()));
+    assert_eq!(counted("out").as_deref(), Some((payload.len() + 15).to_string().as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,17 +10,38 @@ use std::net::SocketAddr;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use tokio::io::{copy_bidirectional, AsyncRead, AsyncWrite};
+use std::io;
+use std::sync::Arc;
+
+use prometheus::IntCounter;
+use tokio::io::{copy_bidirectional, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::balance::{PickCtx, TryTimer};
 use crate::health;
 use crate::metrics::Metrics;
-use crate::pool::{InFlight, Route};
+use crate::pool::{Backend, InFlight, Route};
 
-/// Proxies one accepted TCP connection to a backend of `pool`. Returns the bytes copied
-/// (from the client, to the client), or `None` when no backend could be reached.
-pub async fn proxy_connection<C>(mut client: C, peer: SocketAddr, pool: &Route, metrics: &Metrics) -> Option<(u64, u64)>
+/// Per-chunk byte counters of a listener: (from clients, to clients).
+pub type ByteCounters = (IntCounter, IntCounter);
+
+/// How a TCP session went, for the access log.
+pub struct Session {
+    pub backend: Arc<Backend>,
+    pub from_client: u64,
+    pub to_client: u64,
+    pub retries: usize,
+}
+
+/// Proxies one accepted TCP connection to a backend of `pool`, counting bytes into `bytes` as
+/// they flow. Returns the session, or `None` when no backend could be reached.
+pub async fn proxy_connection<C>(
+    client: C,
+    peer: SocketAddr,
+    pool: &Route,
+    metrics: &Metrics,
+    bytes: Option<&ByteCounters>,
+) -> Option<Session>
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -39,18 +60,12 @@ where
         // as one that took connect_timeout.
         let timer = TryTimer::start(pool.kind);
         match tokio::time::timeout(pool.settings.connect_timeout, TcpStream::connect(backend.addr)).await {
-            Ok(Ok(mut upstream)) => {
+            Ok(Ok(upstream)) => {
                 timer.succeeded(backend);
                 let _ = upstream.set_nodelay(true);
-                let copied = copy_bidirectional(&mut client, &mut upstream).await;
+                let (from_client, to_client) = splice(client, upstream, bytes).await;
                 drop(guard);
-                return match copied {
-                    Ok(n) => Some(n),
-                    Err(e) => {
-                        tracing::debug!(pool = %pool.name, backend = %backend.name, error = %e, "tcp session ended with error");
-                        Some((0, 0))
-                    }
-                };
+                return Some(Session { backend: backend.clone(), from_client, to_client, retries: tried.len() });
             }
             Ok(Err(e)) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "tcp backend connect failed");
@@ -67,6 +82,48 @@ where
             return None;
         }
         metrics.retries.with_label_values(&[&*pool.name]).inc();
+    }
+}
+
+/// Copy buffer per direction. 16 KiB (HAProxy's default) keeps 10,000 idle sessions cheap
+/// while bulk transfers still move large reads.
+const BUF: usize = 16 * 1024;
+
+/// Copies both ways until both sides have closed, propagating half-close, and returns the bytes
+/// (from the client, to the client). The first error ends both directions.
+async fn splice<C>(client: C, upstream: TcpStream, bytes: Option<&ByteCounters>) -> (u64, u64)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (client_r, client_w) = tokio::io::split(client);
+    let (up_r, up_w) = upstream.into_split();
+    let (mut sent, mut received) = (0u64, 0u64);
+    let c2u = pump(client_r, up_w, bytes.map(|b| &b.0), &mut sent);
+    let u2c = pump(up_r, client_w, bytes.map(|b| &b.1), &mut received);
+    if let Err(e) = tokio::try_join!(c2u, u2c) {
+        tracing::debug!(error = %e, "tcp session ended with an error");
+    }
+    (sent, received)
+}
+
+/// Copies `from` into `to` until EOF, then shuts down `to`'s write side so the peer sees the
+/// half-close. Counts every chunk as it goes, so long sessions show up in metrics live.
+async fn pump<R, W>(mut from: R, mut to: W, counter: Option<&IntCounter>, total: &mut u64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        *total += n as u64;
+        if let Some(c) = counter {
+            c.inc_by(n as u64);
+        }
     }
 }
 
