@@ -16,12 +16,13 @@ use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 
+use crate::access_log::{AccessLog, Target};
 use crate::config::{self, Config, ListenerConfig, Mode, PoolConfig};
 use crate::health::{self, Monitor};
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, PoolHandle, PoolSettings, Route};
 use crate::reload::Changes;
-use crate::server::{self, ListenerRuntime};
+use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;
 use crate::status::{SharedTopology, Topology};
 
@@ -32,6 +33,8 @@ pub enum StartError {
     Bind { what: String, addr: SocketAddr, source: io::Error },
     #[error("{0}")]
     Config(#[from] config::ConfigError),
+    #[error("cannot open access log {target}: {source}")]
+    AccessLog { target: String, source: io::Error },
     #[error("listener {listener:?}: {source}")]
     Tls { listener: String, source: Box<crate::tls::TlsError> },
 }
@@ -54,6 +57,8 @@ pub struct Running {
     listeners: BTreeMap<String, ListenerSlot>,
     admin: Option<SocketAddr>,
     pools: BTreeMap<String, PoolHandle>,
+    /// Access-log writers by target, shared by the listeners that name it.
+    access_logs: BTreeMap<Target, Arc<AccessLog>>,
     /// Health probes and snapshot publisher of each pool; dropping one stops it.
     monitors: BTreeMap<String, Monitor>,
     metrics: Arc<Metrics>,
@@ -93,6 +98,22 @@ pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
     Pool::new(Arc::from(name), backends, up, cfg.strategy, settings, cursor)
 }
 
+/// TLS config and access-log writer of a listener; writers are shared per target.
+fn prepare(l: &ListenerConfig, logs: &mut BTreeMap<Target, Arc<AccessLog>>) -> Result<ListenerExtras, StartError> {
+    let access_log = match &l.access_log {
+        None => None,
+        Some(t) => Some(match logs.get(t) {
+            Some(w) => w.clone(),
+            None => {
+                let w = AccessLog::open(t).map_err(|source| StartError::AccessLog { target: t.to_string(), source })?;
+                logs.insert(t.clone(), w.clone());
+                w
+            }
+        }),
+    };
+    Ok(ListenerExtras { tls: listener_tls(l)?, access_log })
+}
+
 /// The TLS server config of a listener with certificates.
 fn listener_tls(l: &ListenerConfig) -> Result<Option<Arc<ServerConfig>>, StartError> {
     if l.tls.is_empty() {
@@ -121,9 +142,10 @@ impl Running {
             .map(|(name, cfg)| (name.clone(), Arc::new(ArcSwap::from_pointee(build_pool(name, cfg, None)))))
             .collect();
         let mut bound = Vec::with_capacity(config.listeners.len());
+        let mut access_logs = BTreeMap::new();
         for l in &config.listeners {
-            let tls = listener_tls(l)?;
-            bound.push((l.clone(), bind(l)?, tls));
+            let extras = prepare(l, &mut access_logs)?;
+            bound.push((l.clone(), bind(l)?, extras));
         }
         let admin_sock = match config.admin {
             Some(addr) => {
@@ -141,6 +163,7 @@ impl Running {
             admin: None,
             pools,
             monitors,
+            access_logs,
             metrics: Metrics::new(),
             status: SharedTopology::default(),
             drain: Drain::default(),
@@ -160,12 +183,7 @@ impl Running {
         Ok(running)
     }
 
-    fn spawn_listener(
-        &mut self,
-        cfg: ListenerConfig,
-        sock: impl Into<Arc<TcpListener>>,
-        tls: Option<Arc<ServerConfig>>,
-    ) {
+    fn spawn_listener(&mut self, cfg: ListenerConfig, sock: impl Into<Arc<TcpListener>>, extras: ListenerExtras) {
         let sock: Arc<TcpListener> = sock.into();
         let local = sock.local_addr().unwrap_or(cfg.bind);
         // Validation guarantees that the pool exists.
@@ -173,7 +191,7 @@ impl Running {
             return;
         };
         let route: Route = Arc::new(ArcSwap::new(pool.clone()));
-        let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(&cfg, route.clone(), &self.metrics, tls)));
+        let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(&cfg, route.clone(), &self.metrics, extras)));
         let stop = Drain::default();
         tracing::info!(listener = %cfg.name, addr = %local, mode = cfg.mode.as_str(), pool = %cfg.pool, "listening");
         tokio::spawn(server::accept_loop(sock.clone(), runtime.clone(), stop.signal(), self.drain.signal()));
@@ -231,11 +249,15 @@ impl Running {
     /// Switches to `new`. Binds first; if a bind fails nothing has changed.
     pub fn apply(&mut self, new: Config) -> Result<Changes, StartError> {
         let changes = Changes::between(&self.config, &new);
-        // 0. Certificates, read afresh so renewed files are served; a bad one rejects it all.
-        let mut tls = BTreeMap::new();
+        // 0. Certificates (read afresh, so renewed files are served) and access logs (writers
+        //    reused per target). Anything that fails here rejects the reload untouched.
+        let mut extras = BTreeMap::new();
+        let mut access_logs = self.access_logs.clone();
         for l in &new.listeners {
-            tls.insert(l.name.clone(), listener_tls(l)?);
+            extras.insert(l.name.clone(), prepare(l, &mut access_logs)?);
         }
+        // Writers of targets no longer named close once the old runtimes are gone.
+        access_logs.retain(|t, _| new.listeners.iter().any(|l| l.access_log.as_ref() == Some(t)));
         // 1. Sockets for listeners that are new or moved. Dropped again if any bind fails. An
         //    address held by a listener that goes away or moves (a renamed listener, two that
         //    swap addresses) is handed over: binding it a second time would fail.
@@ -308,12 +330,12 @@ impl Running {
             }
         }
         for l in &new.listeners {
-            let tls = tls.remove(&l.name).flatten();
+            let extras = extras.remove(&l.name).unwrap_or_default();
             if let Some(sock) = fresh.remove(&l.name) {
-                self.spawn_listener(l.clone(), sock, tls);
+                self.spawn_listener(l.clone(), sock, extras);
             } else if let (Some(slot), Some(pool)) = (self.listeners.get_mut(&l.name), self.pools.get(&l.pool)) {
                 slot.route.store(pool.clone());
-                let mut runtime = ListenerRuntime::new(l, slot.route.clone(), &self.metrics, tls);
+                let mut runtime = ListenerRuntime::new(l, slot.route.clone(), &self.metrics, extras);
                 // Same socket, same open connections: the same connection limit.
                 runtime.inherit_limit(&slot.runtime.load());
                 slot.runtime.store(Arc::new(runtime));
@@ -321,6 +343,7 @@ impl Running {
             }
         }
         self.config = new;
+        self.access_logs = access_logs;
         self.publish_status();
         Ok(changes)
     }

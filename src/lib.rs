@@ -13,6 +13,7 @@
 //! - [`health`]: up/down with rise/fall, active probes, passive marks, snapshot publishing.
 //! - [`proxy`]: forwarding: HTTP (headers, retries, upgrades), TCP, upstream connections.
 //! - [`server`]: listening sockets, accept loops, connection limits, hyper connection setup.
+//! - [`access_log`]: one line per request or session, written by its own thread.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/status`).
 //! - [`status`]: the status page and `/status.json`.
 //! - [`app`]: assembles and starts everything from a config, applies reloads, shuts down.
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;

@@ -21,6 +21,7 @@ use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::TlsAcceptor;
 
+use crate::access_log::AccessLog;
 use crate::config::{ListenerConfig, Mode};
 use crate::metrics::Metrics;
 use crate::pool::Route;
@@ -47,9 +48,20 @@ pub struct ListenerRuntime {
     counters: ListenerCounters,
     /// TLS termination, when the listener has certificates.
     tls: Option<TlsAcceptor>,
+    /// Where sessions are logged (tcp mode; http requests log through `http`).
+    access_log: Option<Arc<AccessLog>>,
     /// A client must finish the TLS handshake within this (`header_timeout`), so that
     /// half-open handshakes cannot pile up.
     handshake_timeout: Duration,
+}
+
+/// What a listener needs beyond its configuration, prepared by the caller before anything is
+/// switched, so that a bad certificate or an unopenable log rejects a reload cleanly.
+#[derive(Default)]
+pub struct ListenerExtras {
+    /// See [`crate::tls::server_config`].
+    pub tls: Option<Arc<ServerConfig>>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// This listener's metric children, resolved once so the accept path does no label lookup.
@@ -72,11 +84,17 @@ impl Drop for OpenConnection {
 impl ListenerRuntime {
     /// `tls` is the listener's server config (see [`crate::tls::server_config`]), built by the
     /// caller so that a bad certificate can reject a reload before anything is switched.
-    pub fn new(cfg: &ListenerConfig, route: Route, metrics: &Arc<Metrics>, tls: Option<Arc<ServerConfig>>) -> Self {
+    pub fn new(cfg: &ListenerConfig, route: Route, metrics: &Arc<Metrics>, extras: ListenerExtras) -> Self {
+        let ListenerExtras { tls, access_log } = extras;
         let name: Arc<str> = Arc::from(cfg.name.as_str());
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let http =
-            Arc::new(HttpProxy { listener: name.clone(), route: route.clone(), scheme, metrics: metrics.clone() });
+        let http = Arc::new(HttpProxy {
+            listener: name.clone(),
+            route: route.clone(),
+            scheme,
+            metrics: metrics.clone(),
+            access_log: access_log.clone(),
+        });
         let counters = ListenerCounters {
             open: metrics.connections_open.with_label_values(&[&cfg.name]),
             total: metrics.connections_total.with_label_values(&[&cfg.name]),
@@ -112,6 +130,7 @@ impl ListenerRuntime {
             max_connections: cfg.max_connections,
             counters,
             tls: tls.map(TlsAcceptor::from),
+            access_log,
             handshake_timeout: cfg.header_timeout,
         }
     }
@@ -230,8 +249,16 @@ where
         Mode::Tcp => {
             // A TCP session is left to finish on its own when draining; the process-level
             // deadline bounds it.
-            let _session =
+            let started = std::time::Instant::now();
+            let session =
                 tcp::proxy_connection(stream, peer, &rt.route, &rt.http.metrics, rt.counters.tcp.as_ref()).await;
+            if let Some(log) = &rt.access_log {
+                let (backend, bytes_in, bytes_out, retries) = match &session {
+                    Some(s) => (Some(s.backend.name.as_str()), s.from_client, s.to_client, s.retries),
+                    None => (None, 0, 0, 0),
+                };
+                log.tcp(&rt.name, peer, backend, bytes_in, bytes_out, started, retries);
+            }
         }
         Mode::Http => {
             let proxy = rt.http.clone();

@@ -55,6 +55,8 @@ pub struct ListenerConfig {
     pub idle_timeout: Duration,
     pub max_connections: u32,
     pub tls: Vec<TlsCertConfig>,
+    /// Where this listener's access log goes; `None` when off.
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 /// One certificate chain and its key, as absolute or config-relative paths made absolute.

@@ -59,6 +59,8 @@ pub struct RawListener {
     pub max_connections: Option<Spanned<u32>>,
     #[serde(default)]
     pub tls: Vec<RawTls>,
+    /// `"off"` (default), `"stderr"`, `"stdout"` or a file path.
+    pub access_log: Option<Spanned<String>>,
 }
 
 fn default_mode() -> Mode {

@@ -19,6 +19,7 @@ use super::{
     defaults, line_col, BackendConfig, Config, ConfigError, HealthConfig, ListenerConfig, Loaded, PoolConfig,
     TlsCertConfig,
 };
+use crate::access_log::Target;
 use crate::balance::{BalanceFactor, HashKey, HashOptions, StrategyKind};
 
 struct Ctx<'a> {
@@ -165,7 +166,25 @@ fn listener_config(
             .map_err(|e| cx.err(t.cert.span(), e.to_string()))?;
         tls.push(pair);
     }
+    let access_log = match &l.access_log {
+        None => None,
+        Some(v) => match v.get_ref().trim() {
+            "" | "off" => None,
+            "stderr" => Some(Target::Stderr),
+            "stdout" => Some(Target::Stdout),
+            path => {
+                let p = Path::new(path);
+                let full = if p.is_absolute() { p.to_path_buf() } else { base.join(p) };
+                let dir = full.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                if !dir.is_dir() {
+                    return Err(cx.err(v.span(), format!("access_log directory {} does not exist", dir.display())));
+                }
+                Some(Target::File(full))
+            }
+        },
+    };
     Ok(ListenerConfig {
+        access_log,
         bind: cx.addr(&l.bind, "listener bind")?,
         mode: l.mode,
         pool,

@@ -26,6 +26,7 @@ use tokio::time::{timeout_at, Instant};
 use super::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::upstream::{connect, ConnectError, Sender, UpBody, UpstreamBody};
+use crate::access_log::{AccessLog, HttpEntry};
 use crate::balance::{PickCtx, TryTimer};
 use crate::health;
 use crate::metrics::Metrics;
@@ -42,6 +43,8 @@ pub struct HttpProxy {
     /// `"http"` or `"https"`, for X-Forwarded-Proto.
     pub scheme: &'static str,
     pub metrics: Arc<Metrics>,
+    /// This listener's access log, when it has one.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// How one try at one backend ended, when it did not produce a response.
@@ -87,14 +90,35 @@ impl HttpProxy {
     ) -> Result<Response<RespBody>, Infallible> {
         let started = std::time::Instant::now();
         let pool = self.route.load().load_full();
-        let (resp, backend) = self.forward(req, client, &pool, started).await;
+        // Only with an access log: what the line needs that `forward` consumes.
+        let logged = self.access_log.as_ref().map(|_| {
+            (req.method().clone(), req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |p| p.to_string()))
+        });
+        let mut retries = 0;
+        let (mut resp, backend) = self.forward(req, client, &pool, started, &mut retries).await;
         let code = resp.status();
-        match backend {
+        match &backend {
             Some(b) => b.metrics().requests.with_label_values(&[&*self.listener, code.as_str()]).inc(),
             None => {
                 let labels = [&*self.listener, &*pool.name];
                 self.metrics.local_requests.with_label_values(&[labels[0], labels[1], code.as_str()]).inc();
                 self.metrics.local_duration.with_label_values(&labels).observe(started.elapsed().as_secs_f64());
+            }
+        }
+        if let (Some(log), Some((method, path))) = (&self.access_log, logged) {
+            let entry = HttpEntry {
+                listener: self.listener.clone(),
+                client,
+                method,
+                path,
+                backend: backend.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
+                started,
+                retries,
+            };
+            match resp.body_mut() {
+                // Logged when the body has been passed on, with its real size and duration.
+                Either::Left(streamed) => streamed.log_at_end(log.clone(), entry, code.as_u16()),
+                Either::Right(full) => log.http(&entry, code.as_u16(), full.size_hint().exact().unwrap_or(0)),
             }
         }
         Ok(resp)
@@ -108,6 +132,7 @@ impl HttpProxy {
         client: SocketAddr,
         pool: &Arc<Pool>,
         started: std::time::Instant,
+        retries: &mut usize,
     ) -> (Response<RespBody>, Option<Arc<Backend>>) {
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -228,6 +253,7 @@ impl HttpProxy {
                     tried.push(idx);
                     if attempts <= pool.settings.retries as usize && (pending.is_some() || replay.is_some()) {
                         self.metrics.retries.with_label_values(&[&*pool.name]).inc();
+                        *retries += 1;
                     }
                     let replayable = pending.is_some() || replay.is_some();
                     if attempts > pool.settings.retries as usize || !replayable {

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use prometheus::Histogram;
 
+use crate::access_log::{AccessLog, HttpEntry};
 use crate::pool::{Backend, InFlight};
 
 /// Body of a request sent upstream: the client's streamed body, or nothing (so that a bodiless
@@ -117,19 +118,36 @@ pub struct UpstreamBody {
     in_flight: Option<InFlight>,
     /// Where the request's duration goes, and when the request arrived.
     observe: (Histogram, Instant),
+    /// Body bytes passed on so far (for the access log).
+    bytes: u64,
+    /// The access log line to write when the body ends: log, entry, status.
+    log: Option<Box<(Arc<AccessLog>, HttpEntry, u16)>>,
 }
 
 impl UpstreamBody {
     pub fn new(inner: Incoming, reuse: Option<Sender>, in_flight: InFlight, observe: (Histogram, Instant)) -> Self {
-        let mut body = UpstreamBody { inner, reuse, in_flight: Some(in_flight), observe };
+        let mut body = UpstreamBody { inner, reuse, in_flight: Some(in_flight), observe, bytes: 0, log: None };
         if body.inner.is_end_stream() {
             body.finish(true);
         }
         body
     }
 
+    /// Writes an access log line for this response once it has ended (at once if it already has).
+    pub fn log_at_end(&mut self, log: Arc<AccessLog>, entry: HttpEntry, status: u16) {
+        if self.in_flight.is_none() {
+            log.http(&entry, status, self.bytes);
+        } else {
+            self.log = Some(Box::new((log, entry, status)));
+        }
+    }
+
     /// Runs once, when the body ended (cleanly or not) or was dropped unfinished.
     fn finish(&mut self, clean: bool) {
+        if let Some(l) = self.log.take() {
+            let (log, entry, status) = *l;
+            log.http(&entry, status, self.bytes);
+        }
         if let Some(guard) = self.in_flight.take() {
             self.observe.0.observe(self.observe.1.elapsed().as_secs_f64());
             if let (true, Some(s)) = (clean, self.reuse.take()) {
@@ -158,6 +176,11 @@ impl Body for UpstreamBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &res {
+            if let Some(data) = frame.data_ref() {
+                this.bytes += data.len() as u64;
+            }
+        }
         match &res {
             Poll::Ready(None) => this.finish(true),
             Poll::Ready(Some(Err(_))) => this.finish(false),

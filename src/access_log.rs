@@ -1,0 +1,218 @@
+//! Access log: one line per HTTP request or TCP session, written off the request path.
+//!
+//! The request path formats a line (only when a listener has `access_log` set) and hands it to
+//! a dedicated writer thread over a bounded channel. If the writer falls behind (a slow disk),
+//! lines are dropped and counted rather than stalling requests; the count is reported in the
+//! log itself. The writer batches through a buffer and flushes whenever the channel runs dry,
+//! so lines appear promptly under light load and cheaply under heavy load.
+//!
+//! Lines are logfmt: `ts=... listener=web client=10.0.0.1:5123 method=GET path="/x" status=200
+//! backend=a bytes=1234 duration_ms=1.234 retries=0` (tcp sessions: `mode=tcp`,
+//! `bytes_in`/`bytes_out` instead of method/path/status/bytes).
+
+use std::fmt::Write as _;
+use std::fs::OpenOptions;
+use std::io::{self, BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Lines buffered between the request path and the writer.
+const QUEUE: usize = 16 * 1024;
+
+/// Where the lines go (`access_log = "stderr" | "stdout" | "/path/file"`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Target {
+    Stderr,
+    Stdout,
+    File(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Stderr => f.write_str("stderr"),
+            Target::Stdout => f.write_str("stdout"),
+            Target::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// The sending side; cheap to share between listeners writing to the same target.
+#[derive(Debug)]
+pub struct AccessLog {
+    tx: SyncSender<String>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl AccessLog {
+    /// Opens `target` (files in append mode, created if missing) and starts its writer thread.
+    pub fn open(target: &Target) -> io::Result<Arc<AccessLog>> {
+        let out: Box<dyn Write + Send> = match target {
+            Target::Stderr => Box::new(io::stderr()),
+            Target::Stdout => Box::new(io::stdout()),
+            Target::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+        };
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
+        let d = dropped.clone();
+        std::thread::Builder::new().name("lb-access-log".into()).spawn(move || write_loop(rx, out, d))?;
+        Ok(Arc::new(AccessLog { tx, dropped }))
+    }
+
+    fn send(&self, line: String) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Logs one HTTP request.
+    pub fn http(&self, e: &HttpEntry, status: u16, bytes: u64) {
+        let mut line = String::with_capacity(192);
+        stamp(&mut line);
+        let _ = write!(
+            line,
+            " listener={} client={} method={} path=\"{}\" status={status} backend={} bytes={bytes} duration_ms={:.3} retries={}",
+            e.listener,
+            e.client,
+            e.method,
+            Escaped(&e.path),
+            if e.backend.is_empty() { "-" } else { &e.backend },
+            e.started.elapsed().as_secs_f64() * 1000.0,
+            e.retries
+        );
+        self.send(line);
+    }
+
+    /// Logs one TCP session.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tcp(
+        &self,
+        listener: &str,
+        client: SocketAddr,
+        backend: Option<&str>,
+        bytes_in: u64,
+        bytes_out: u64,
+        started: Instant,
+        retries: usize,
+    ) {
+        let mut line = String::with_capacity(160);
+        stamp(&mut line);
+        let _ = write!(
+            line,
+            " listener={listener} mode=tcp client={client} backend={} bytes_in={bytes_in} bytes_out={bytes_out} duration_ms={:.3} retries={retries}",
+            backend.unwrap_or("-"),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        self.send(line);
+    }
+}
+
+/// What is known of a request when its response starts; logged when the response ends.
+#[derive(Debug, Clone)]
+pub struct HttpEntry {
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub method: http::Method,
+    /// Path and query as requested.
+    pub path: String,
+    /// Backend name; empty when lb answered itself.
+    pub backend: String,
+    pub started: Instant,
+    pub retries: usize,
+}
+
+/// `ts=2026-11-22T14:33:00.123Z` in UTC without a date library: civil-from-days arithmetic.
+fn stamp(out: &mut String) {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let secs = now.as_secs();
+    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let _ = write!(
+        out,
+        "ts={year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        now.subsec_millis()
+    );
+}
+
+/// Escapes `"` and `\` and control characters, so a hostile path cannot forge fields or lines.
+struct Escaped<'a>(&'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                c if c.is_control() => write!(f, "\\x{:02x}", c as u32)?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_loop(rx: Receiver<String>, out: Box<dyn Write + Send>, dropped: Arc<AtomicU64>) {
+    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    let mut reported = 0;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                let _ = out.write_all(line.as_bytes());
+                let _ = out.write_all(b"\n");
+                // Drain what is queued before paying for a flush.
+                while let Ok(line) = rx.try_recv() {
+                    let _ = out.write_all(line.as_bytes());
+                    let _ = out.write_all(b"\n");
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = out.flush();
+                return;
+            }
+        }
+        let lost = dropped.load(Ordering::Relaxed);
+        if lost != reported {
+            let mut line = String::new();
+            stamp(&mut line);
+            let _ = writeln!(out, "{line} access_log_dropped={} (writer fell behind)", lost - reported);
+            reported = lost;
+        }
+        let _ = out.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_iso8601() {
+        let mut s = String::new();
+        stamp(&mut s);
+        assert_eq!(s.len(), "ts=2026-11-22T14:33:00.123Z".len(), "{s}");
+        assert!(s.starts_with("ts=20") && s.ends_with('Z'), "{s}");
+    }
+
+    #[test]
+    fn paths_cannot_forge_fields_or_lines() {
+        let s = Escaped("/a\" status=200\nforged=1\\").to_string();
+        assert_eq!(s, "/a\\\" status=200\\x0aforged=1\\\\");
+    }
+}
