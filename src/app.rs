@@ -21,6 +21,7 @@ use crate::config::{self, Config, ListenerConfig, Mode, PoolConfig};
 use crate::health::{self, Monitor};
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, PoolHandle, PoolSettings, Route};
+use crate::proxy::upstream_tls::UpstreamTls;
 use crate::reload::Changes;
 use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;
@@ -74,17 +75,29 @@ pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
     let backends: Vec<Arc<Backend>> = cfg
         .backends
         .iter()
-        .map(|b| match prev.and_then(|p| p.backends.iter().find(|o| o.addr == b.addr)) {
-            Some(old) if old.name == b.name && old.weight == b.weight => old.clone(),
-            Some(old) if old.name == b.name => Arc::new(old.reweighted(b.weight)),
-            _ => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight)),
+        .map(|b| {
+            // TLS settings are built per load (the pool's client config is shared by its backends).
+            let tls =
+                b.tls.clone().zip(cfg.tls.as_ref()).map(|(name, client)| Arc::new(UpstreamTls::new(client, name)));
+            match prev.and_then(|p| p.backends.iter().find(|o| o.addr == b.addr)) {
+                Some(old) if old.name == b.name && old.weight == b.weight && tls.is_none() && old.tls().is_none() => {
+                    old.clone()
+                }
+                Some(old) if old.name == b.name => Arc::new(old.reweighted(b.weight).with_tls(tls)),
+                _ => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight).with_tls(tls)),
+            }
         })
         .collect();
+    // A kept backend whose TLS settings changed drops its idle connections of the old kind.
+    for b in &backends {
+        b.conns().set_transport(b.transport_id());
+    }
     let settings = Arc::new(PoolSettings {
         connect_timeout: cfg.connect_timeout,
         request_timeout: cfg.request_timeout,
         retries: cfg.retries,
         fall: cfg.health.as_ref().map_or(config::defaults::HEALTH_FALL, |h| h.fall),
+        send_proxy: cfg.send_proxy,
         // The publisher listens on this; it must outlive snapshots.
         events: prev.map(|p| p.settings.events.clone()).unwrap_or_default(),
     });

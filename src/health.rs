@@ -25,8 +25,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::config::{HealthConfig, HealthKind};
+use rustls_pki_types::ServerName;
+
+use crate::config::{HealthConfig, HealthKind, ProxyVersion};
 use crate::pool::{Backend, Pool, PoolHandle};
+use crate::proxy::upstream_tls::{self, Preface};
 
 /// How long a backend taken out by live-traffic failures stays out when its pool has no active
 /// health check.
@@ -282,7 +285,7 @@ async fn probe_loop(handle: PoolHandle, addr: SocketAddr, cfg: HealthConfig) {
             return;
         };
         let deadline = Instant::now() + cfg.timeout;
-        let outcome = match tokio::time::timeout_at(deadline, probe(addr, &cfg)).await {
+        let outcome = match tokio::time::timeout_at(deadline, probe(&backend, pool.settings.send_proxy, &cfg)).await {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
         };
@@ -313,15 +316,24 @@ async fn probe_loop(handle: PoolHandle, addr: SocketAddr, cfg: HealthConfig) {
     }
 }
 
-/// One probe: a TCP connect, and for `kind = "http"` a `GET path` whose status must be 2xx.
-async fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| format!("connect failed: {e}"))?;
+/// One probe: a TCP connect, and for `kind = "http"` a `GET path` whose status must be 2xx,
+/// over TLS when the backend uses TLS, after a PROXY header (v2 `LOCAL`) when the pool sends
+/// one, since such a backend expects it on every connection.
+async fn probe(backend: &Backend, send_proxy: Option<ProxyVersion>, cfg: &HealthConfig) -> Result<(), String> {
+    let addr = backend.addr;
     if cfg.kind == HealthKind::Tcp {
+        TcpStream::connect(addr).await.map_err(|e| format!("connect failed: {e}"))?;
         return Ok(());
     }
-    let _ = stream.set_nodelay(true);
+    let mut stream =
+        upstream_tls::open(addr, backend.tls(), send_proxy.map(Preface::Own)).await.map_err(|e| e.to_string())?;
+    // A TLS backend is asked for the name its certificate was checked against.
+    let host = match backend.tls().map(|t| t.server_name()) {
+        Some(ServerName::DnsName(name)) => name.as_ref().to_owned(),
+        _ => addr.to_string(),
+    };
     let req = format!(
-        "GET {} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: lb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
+        "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lb-health-check\r\nAccept: */*\r\nConnection: close\r\n\r\n",
         cfg.path
     );
     stream.write_all(req.as_bytes()).await.map_err(|e| format!("write failed: {e}"))?;

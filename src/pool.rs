@@ -14,10 +14,11 @@ use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
 use crate::balance::{self, Cursor, LatencyEstimate, PickCtx, Strategy, StrategyKind};
-use crate::config::defaults;
+use crate::config::{defaults, ProxyVersion};
 use crate::health::HealthState;
 use crate::metrics::BackendMetrics;
 use crate::proxy::upstream::ConnPool;
+use crate::proxy::upstream_tls::UpstreamTls;
 
 /// One upstream server. Shared (`Arc`) by every snapshot that contains it.
 #[derive(Debug)]
@@ -27,6 +28,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// Relative share for `weighted` and `least_connections`; always >= 1.
     pub weight: u32,
+    /// How the backend is reached over TLS; `None` for plain TCP.
+    tls: Option<Arc<UpstreamTls>>,
     /// Everything that changes while the backend lives; shared with a reweighted copy.
     state: Arc<BackendState>,
 }
@@ -47,12 +50,35 @@ pub struct BackendState {
 
 impl Backend {
     pub fn new(name: impl Into<String>, addr: SocketAddr, weight: u32) -> Self {
-        Backend { name: name.into(), addr, weight: weight.max(1), state: Arc::default() }
+        Backend { name: name.into(), addr, weight: weight.max(1), tls: None, state: Arc::default() }
     }
 
     /// The same backend (same counters, connections and health) under a new weight.
     pub fn reweighted(&self, weight: u32) -> Self {
-        Backend { name: self.name.clone(), addr: self.addr, weight: weight.max(1), state: self.state.clone() }
+        Backend {
+            name: self.name.clone(),
+            addr: self.addr,
+            weight: weight.max(1),
+            tls: self.tls.clone(),
+            state: self.state.clone(),
+        }
+    }
+
+    /// This backend reached over TLS (`Some`) or plain TCP (`None`).
+    pub fn with_tls(mut self, tls: Option<Arc<UpstreamTls>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// TLS settings of this backend, `None` for plain TCP.
+    pub fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_deref()
+    }
+
+    /// Which kind of connection this backend's idle connections must be: 0 for plain TCP,
+    /// else its TLS settings' id (see [`ConnPool::set_transport`]).
+    pub fn transport_id(&self) -> u64 {
+        self.tls.as_ref().map_or(0, |t| t.id())
     }
 
     /// True when both share their state (one is a reweighted copy of the other).
@@ -126,6 +152,8 @@ pub struct PoolSettings {
     pub retries: u32,
     /// Consecutive failures (probes or live traffic) that take a backend out of rotation.
     pub fall: u32,
+    /// PROXY protocol header written to backends before a tcp session's bytes.
+    pub send_proxy: Option<ProxyVersion>,
     /// Wakes the pool's health publisher when live traffic took a backend out. Shared by every
     /// snapshot of the pool.
     pub events: Arc<Notify>,
@@ -138,6 +166,7 @@ impl Default for PoolSettings {
             request_timeout: defaults::REQUEST_TIMEOUT,
             retries: defaults::RETRIES,
             fall: defaults::HEALTH_FALL,
+            send_proxy: None,
             events: Arc::default(),
         }
     }

@@ -50,6 +50,11 @@ impl Changes {
             {
                 items.push(format!("pool {name} timeouts/retries changed"));
             }
+            let kept_backend_tls_changed =
+                pool.backends.iter().any(|b| prev.backends.iter().any(|p| p.addr == b.addr && p.tls != b.tls));
+            if kept_backend_tls_changed || prev.tls != pool.tls || prev.send_proxy != pool.send_proxy {
+                items.push(format!("pool {name} backend TLS/PROXY settings changed"));
+            }
         }
         for name in old.pools.keys() {
             if !new.pools.contains_key(name) {

@@ -25,7 +25,8 @@ use crate::access_log::AccessLog;
 use crate::config::{ListenerConfig, Mode};
 use crate::metrics::Metrics;
 use crate::pool::Route;
-use crate::proxy::{tcp, HttpProxy};
+use crate::proxy::guard::{self, Activity, ConnTimeouts, Expired};
+use crate::proxy::{proxy_protocol, tcp, HttpProxy};
 use crate::shutdown::Signal;
 
 /// Largest request head (request line + headers) accepted; larger gets 431.
@@ -53,6 +54,11 @@ pub struct ListenerRuntime {
     /// A client must finish the TLS handshake within this (`header_timeout`), so that
     /// half-open handshakes cannot pile up.
     handshake_timeout: Duration,
+    /// `accept_proxy`: every connection starts with a PROXY protocol header (read within
+    /// `handshake_timeout`, before TLS) whose addresses replace the socket's.
+    accept_proxy: bool,
+    /// Time to the first request, and how long a connection may sit without one.
+    timeouts: ConnTimeouts,
 }
 
 /// What a listener needs beyond its configuration, prepared by the caller before anything is
@@ -94,6 +100,7 @@ impl ListenerRuntime {
             scheme,
             metrics: metrics.clone(),
             access_log: access_log.clone(),
+            limits: guard::Limits { max_uri_bytes: cfg.max_uri_bytes, max_body_bytes: cfg.max_body_bytes },
         });
         let counters = ListenerCounters {
             open: metrics.connections_open.with_label_values(&[&cfg.name]),
@@ -113,11 +120,22 @@ impl ListenerRuntime {
             // keep-alive requests, so it also bounds how long an idle connection is kept.
             .header_read_timeout(cfg.header_timeout.min(cfg.idle_timeout))
             .max_buf_size(MAX_HEAD_BYTES)
+            .max_headers(cfg.max_headers)
             .keep_alive(true);
+        // HTTP/2 abuse bounds, spelled out rather than inherited from hyper/h2 defaults:
+        // - rapid reset: at most 20 streams opened and reset by the client before we accepted
+        //   them; past that the connection gets GOAWAY(ENHANCE_YOUR_CALM);
+        // - streams we reset for protocol errors: at most 1024 per connection, then GOAWAY;
+        // - header list up to the same 64 KiB as an HTTP/1 head (431 beyond), which also caps
+        //   CONTINUATION frames per header block (h2 allows about list size / frame size + 25%
+        //   of them, at least 5) so a CONTINUATION flood ends in GOAWAY.
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
+            .max_pending_accept_reset_streams(20)
+            .max_local_error_reset_streams(1024)
+            .max_header_list_size(MAX_HEAD_BYTES as u32)
             .keep_alive_interval(Some(cfg.idle_timeout))
             .keep_alive_timeout(Duration::from_secs(20));
         ListenerRuntime {
@@ -132,6 +150,8 @@ impl ListenerRuntime {
             tls: tls.map(TlsAcceptor::from),
             access_log,
             handshake_timeout: cfg.header_timeout,
+            accept_proxy: cfg.accept_proxy,
+            timeouts: ConnTimeouts { first_request: cfg.header_timeout, idle: cfg.idle_timeout },
         }
     }
 }
@@ -225,23 +245,39 @@ async fn accept_backoff(listener: &str, e: &io::Error, last: &mut Option<Instant
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-async fn serve(stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, signal: Signal) {
+async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, signal: Signal) {
     let _ = stream.set_nodelay(true);
     rt.counters.total.inc();
     rt.counters.open.inc();
     let _open = OpenConnection(rt.counters.open.clone());
+    // The address the client connected to (a tcp pool with send_proxy passes it on).
+    let local = stream.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // On an accept_proxy listener the PROXY header's addresses stand for the client from here
+    // on (X-Forwarded-For, consistent_hash, logs); without a valid header nothing is served.
+    let (peer, local) = if rt.accept_proxy {
+        match proxy_protocol::accept(&mut stream, peer, local, rt.handshake_timeout).await {
+            Ok(addresses) => addresses,
+            Err(e) => {
+                tracing::debug!(listener = %rt.name, client = %peer, error = %e, "PROXY header refused; closing");
+                return;
+            }
+        }
+    } else {
+        (peer, local)
+    };
     let Some(acceptor) = &rt.tls else {
-        return serve_stream(stream, peer, rt, signal).await;
+        return serve_stream(stream, peer, local, rt, signal).await;
     };
     match tokio::time::timeout(rt.handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve_stream(tls, peer, rt, signal).await,
+        Ok(Ok(tls)) => serve_stream(tls, peer, local, rt, signal).await,
         Ok(Err(e)) => tracing::debug!(listener = %rt.name, client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(listener = %rt.name, client = %peer, "TLS handshake timed out"),
     }
 }
 
-/// Serves one (plain or TLS) client connection in the listener's mode.
-async fn serve_stream<S>(stream: S, peer: SocketAddr, rt: &ListenerRuntime, mut signal: Signal)
+/// Serves one (plain or TLS) client connection in the listener's mode; `local` is the address
+/// the client connected to.
+async fn serve_stream<S>(stream: S, peer: SocketAddr, local: SocketAddr, rt: &ListenerRuntime, mut signal: Signal)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -251,7 +287,7 @@ where
             // deadline bounds it.
             let started = std::time::Instant::now();
             let session =
-                tcp::proxy_connection(stream, peer, &rt.route, &rt.http.metrics, rt.counters.tcp.as_ref()).await;
+                tcp::proxy_connection(stream, peer, local, &rt.route, &rt.http.metrics, rt.counters.tcp.as_ref()).await;
             if let Some(log) = &rt.access_log {
                 let (backend, bytes_in, bytes_out, retries) = match &session {
                     Some(s) => (Some(s.backend.name.as_str()), s.from_client, s.to_client, s.retries),
@@ -262,7 +298,11 @@ where
         }
         Mode::Http => {
             let proxy = rt.http.clone();
-            let svc = hyper::service::service_fn(move |req| proxy.clone().handle(req, peer));
+            // Bounds the wait for the first request (hyper's header timer starts only once
+            // the protocol is known) and HTTP/2 connections without requests.
+            let activity = Activity::default();
+            let requests = activity.clone();
+            let svc = hyper::service::service_fn(move |req| requests.track(proxy.clone().handle(req, peer)));
             let conn = rt.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
@@ -275,6 +315,15 @@ where
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }
+                expired = activity.expired(rt.timeouts) => match expired {
+                    Expired::NoRequest => {
+                        tracing::debug!(listener = %rt.name, client = %peer, "no request within header_timeout; closing");
+                    }
+                    Expired::Idle => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                },
             }
         }
     }

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{HealthKind, Mode};
+pub use raw::{HealthKind, Mode, ProxyVersion};
 
 use crate::balance::StrategyKind;
 
@@ -25,6 +25,10 @@ pub mod defaults {
     pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const MAX_CONNECTIONS: u32 = 10_000;
+    /// hyper's own default; 431 beyond.
+    pub const MAX_HEADERS: usize = 100;
+    /// Path and query; 414 beyond. What common servers and CDNs accept.
+    pub const MAX_URI_BYTES: usize = 8 * 1024;
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
     pub const RETRIES: u32 = 2;
@@ -54,9 +58,17 @@ pub struct ListenerConfig {
     pub header_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_connections: u32,
+    /// http: most header lines in a request head.
+    pub max_headers: usize,
+    /// http: longest path and query, in bytes.
+    pub max_uri_bytes: usize,
+    /// http: largest request body, in bytes; `None` for no limit.
+    pub max_body_bytes: Option<u64>,
     pub tls: Vec<TlsCertConfig>,
     /// Where this listener's access log goes; `None` when off.
     pub access_log: Option<crate::access_log::Target>,
+    /// Connections start with a PROXY protocol header whose addresses stand for the client.
+    pub accept_proxy: bool,
 }
 
 /// One certificate chain and its key, as absolute or config-relative paths made absolute.
@@ -75,6 +87,11 @@ pub struct PoolConfig {
     pub request_timeout: Duration,
     pub retries: u32,
     pub health: Option<HealthConfig>,
+    /// The CAs (`tls_ca`, or the system's) and the client config built from them; `Some` when
+    /// at least one backend is reached over TLS.
+    pub tls: Option<crate::proxy::upstream_tls::TlsClient>,
+    /// PROXY protocol header written to backends in tcp mode.
+    pub send_proxy: Option<ProxyVersion>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +99,8 @@ pub struct BackendConfig {
     pub name: String,
     pub addr: SocketAddr,
     pub weight: u32,
+    /// The server name (SNI and certificate check) when this backend is reached over TLS.
+    pub tls: Option<rustls_pki_types::ServerName<'static>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

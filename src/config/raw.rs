@@ -57,10 +57,19 @@ pub struct RawListener {
     pub header_timeout: Option<Spanned<Dur>>,
     pub idle_timeout: Option<Spanned<Dur>>,
     pub max_connections: Option<Spanned<u32>>,
+    /// http: most header lines in a request head (431 beyond).
+    pub max_headers: Option<Spanned<u32>>,
+    /// http: longest path and query in bytes (414 beyond).
+    pub max_uri_bytes: Option<Spanned<u32>>,
+    /// http: largest request body in bytes (413 beyond); no limit when absent.
+    pub max_body_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub tls: Vec<RawTls>,
     /// `"off"` (default), `"stderr"`, `"stdout"` or a file path.
     pub access_log: Option<Spanned<String>>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a fronting proxy.
+    #[serde(default)]
+    pub accept_proxy: bool,
 }
 
 fn default_mode() -> Mode {
@@ -88,6 +97,14 @@ pub struct RawPool {
     pub request_timeout: Option<Spanned<Dur>>,
     pub retries: Option<Spanned<u32>>,
     pub health: Option<RawHealth>,
+    /// Reach the backends over TLS (a backend's own `tls` overrides this).
+    pub tls: Option<Spanned<bool>>,
+    /// PEM file of the CAs that sign the backends' certificates; default: the system's.
+    pub tls_ca: Option<Spanned<String>>,
+    /// Server name for SNI and the certificate check; default: each backend's host.
+    pub tls_sni: Option<Spanned<String>>,
+    /// Write a PROXY protocol header to backends (tcp mode): `"v1"` or `"v2"`.
+    pub send_proxy: Option<Spanned<ProxyVersion>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -96,6 +113,25 @@ pub struct RawBackend {
     pub addr: Spanned<String>,
     pub weight: Option<Spanned<u32>>,
     pub name: Option<Spanned<String>>,
+    /// TLS to this backend, overriding the pool's `tls`.
+    pub tls: Option<Spanned<bool>>,
+}
+
+/// `send_proxy = "v1" | "v2"`: the PROXY protocol version written to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+impl ProxyVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "v1",
+            ProxyVersion::V2 => "v2",
+        }
+    }
 }
 
 /// `kind = "http" | "tcp"` of an active health check.

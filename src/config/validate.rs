@@ -4,7 +4,10 @@
 //! location of the offending value: listeners naming a missing pool, duplicate listener names or
 //! binds, pools without backends, duplicate backends, weight 0, unresolvable addresses, zero
 //! timeouts, unreadable TLS files, `hash_key`/`hash_balance_factor` that are malformed or set
-//! without `consistent_hash`. Odd-but-legal choices become warnings.
+//! without `consistent_hash`, request limits (`max_headers`, `max_uri_bytes`, `max_body_bytes`)
+//! out of range, backend TLS settings that cannot work (an unreadable or unparsable
+//! CA file, an invalid server name, `tls_ca`/`tls_sni` without TLS). Odd-but-legal choices
+//! become warnings.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -14,13 +17,16 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-use super::raw::{Dur, HealthKind, Mode, RawConfig, RawHealth, RawListener, RawPool};
+use rustls_pki_types::ServerName;
+
+use super::raw::{Dur, HealthKind, Mode, RawBackend, RawConfig, RawHealth, RawListener, RawPool};
 use super::{
     defaults, line_col, BackendConfig, Config, ConfigError, HealthConfig, ListenerConfig, Loaded, PoolConfig,
     TlsCertConfig,
 };
 use crate::access_log::Target;
 use crate::balance::{BalanceFactor, HashKey, HashOptions, StrategyKind};
+use crate::proxy::upstream_tls::{self, TlsClient};
 
 struct Ctx<'a> {
     path: &'a Path,
@@ -110,6 +116,15 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded
                 );
             }
         }
+        if let (Mode::Http, Some(Some(v))) = (lc.mode, pools.get(&lc.pool).map(|p| p.send_proxy)) {
+            cx.warn(
+                l.pool.span(),
+                format!(
+                    "http listener {:?}: pool {:?} sets send_proxy = \"{}\", which only tcp listeners send; its requests go without a PROXY header",
+                    lc.name, lc.pool, v.as_str()
+                ),
+            );
+        }
         if !names.insert(lc.name.clone()) {
             return Err(cx.err(l.name.span(), format!("duplicate listener name {:?}", lc.name)));
         }
@@ -155,6 +170,7 @@ fn listener_config(
         Some(m) => *m.get_ref(),
         None => defaults::MAX_CONNECTIONS,
     };
+    let (max_headers, max_uri_bytes, max_body_bytes) = request_limits(cx, l)?;
     let mut tls = Vec::with_capacity(l.tls.len());
     for t in &l.tls {
         let pair = TlsCertConfig {
@@ -185,15 +201,45 @@ fn listener_config(
     };
     Ok(ListenerConfig {
         access_log,
+        accept_proxy: l.accept_proxy,
         bind: cx.addr(&l.bind, "listener bind")?,
         mode: l.mode,
         pool,
         header_timeout: cx.duration(&l.header_timeout, "header_timeout", defaults::HEADER_TIMEOUT)?,
         idle_timeout: cx.duration(&l.idle_timeout, "idle_timeout", defaults::IDLE_TIMEOUT)?,
         max_connections,
+        max_headers,
+        max_uri_bytes,
+        max_body_bytes,
         tls,
         name,
     })
+}
+
+/// Largest `max_headers`: hyper reserves room for this many on every request head it parses.
+const MAX_MAX_HEADERS: u32 = 10_000;
+/// Largest `max_uri_bytes`: hyper refuses longer request-targets itself (414).
+const MAX_MAX_URI_BYTES: u32 = 65_534;
+
+/// `max_headers`, `max_uri_bytes` and `max_body_bytes` of an http listener, checked.
+fn request_limits(cx: &Ctx<'_>, l: &RawListener) -> Result<(usize, usize, Option<u64>), ConfigError> {
+    let ranged = |v: &Option<Spanned<u32>>, key: &str, max: u32, default: usize| match v {
+        Some(n) if !(1..=max).contains(n.get_ref()) => {
+            Err(cx.err(n.span(), format!("{key} must be between 1 and {max} (got {})", n.get_ref())))
+        }
+        Some(n) => Ok(*n.get_ref() as usize),
+        None => Ok(default),
+    };
+    let max_headers = ranged(&l.max_headers, "max_headers", MAX_MAX_HEADERS, defaults::MAX_HEADERS)?;
+    let max_uri_bytes = ranged(&l.max_uri_bytes, "max_uri_bytes", MAX_MAX_URI_BYTES, defaults::MAX_URI_BYTES)?;
+    let max_body_bytes = match &l.max_body_bytes {
+        Some(n) if *n.get_ref() == 0 => {
+            return Err(cx.err(n.span(), "max_body_bytes must be at least 1 (leave it out for no limit)"))
+        }
+        Some(n) => Some(*n.get_ref()),
+        None => None,
+    };
+    Ok((max_headers, max_uri_bytes, max_body_bytes))
 }
 
 /// Resolves `v` against the config file's directory and checks that it can be read.
@@ -240,8 +286,10 @@ fn pool_config(cx: &mut Ctx<'_>, name: &str, pool: &Spanned<RawPool>) -> Result<
             let span = b.name.as_ref().map_or_else(|| b.addr.span(), |n| n.span());
             return Err(cx.err(span, format!("duplicate backend name {bname:?} in pool {name:?}")));
         }
-        backends.push(BackendConfig { name: bname, addr, weight });
+        let tls = backend_tls(cx, p, b)?;
+        backends.push(BackendConfig { name: bname, addr, weight, tls });
     }
+    let tls = pool_tls(cx, name, p, &backends)?;
     let strategy = strategy(cx, name, p)?;
     if strategy == StrategyKind::RoundRobin && backends.iter().any(|b| b.weight != backends[0].weight) {
         cx.warn(
@@ -256,7 +304,55 @@ fn pool_config(cx: &mut Ctx<'_>, name: &str, pool: &Spanned<RawPool>) -> Result<
         request_timeout: cx.duration(&p.request_timeout, "request_timeout", defaults::REQUEST_TIMEOUT)?,
         retries: p.retries.as_ref().map_or(defaults::RETRIES, |r| *r.get_ref()),
         health: p.health.as_ref().map(|h| health_config(cx, name, h)).transpose()?,
+        tls,
+        send_proxy: p.send_proxy.as_ref().map(|v| *v.get_ref()),
     })
+}
+
+/// The server name of a backend reached over TLS (its own `tls`, else the pool's), or `None`
+/// for plain TCP: `tls_sni`, else the host its address was written with.
+fn backend_tls(cx: &Ctx<'_>, p: &RawPool, b: &RawBackend) -> Result<Option<ServerName<'static>>, ConfigError> {
+    if !b.tls.as_ref().or(p.tls.as_ref()).is_some_and(|t| *t.get_ref()) {
+        return Ok(None);
+    }
+    let sni = p.tls_sni.as_ref();
+    upstream_tls::server_name(sni.map(|s| s.get_ref().as_str()), b.addr.get_ref()).map(Some).map_err(|e| match sni {
+        Some(s) => cx.err(s.span(), format!("invalid tls_sni: {e}")),
+        None => {
+            cx.err(b.addr.span(), format!("cannot check the TLS certificate of this backend: host {e}; set tls_sni"))
+        }
+    })
+}
+
+/// The CAs of a pool with TLS backends (`tls_ca`, parsed now so that a broken file fails
+/// `--check` and reloads, or the system's store); `tls_ca`/`tls_sni` without TLS are refused.
+fn pool_tls(
+    cx: &Ctx<'_>,
+    name: &str,
+    p: &RawPool,
+    backends: &[BackendConfig],
+) -> Result<Option<TlsClient>, ConfigError> {
+    if backends.iter().all(|b| b.tls.is_none()) {
+        let misplaced = [("tls_ca", p.tls_ca.as_ref()), ("tls_sni", p.tls_sni.as_ref())];
+        if let Some((key, Some(v))) = misplaced.into_iter().find(|(_, v)| v.is_some()) {
+            return Err(cx.err(
+                v.span(),
+                format!("{key} only applies when pool {name:?} or one of its backends sets tls = true"),
+            ));
+        }
+        return Ok(None);
+    }
+    match &p.tls_ca {
+        Some(ca) => {
+            let base = cx.path.parent().unwrap_or(Path::new(""));
+            let path = readable_file(cx, ca, base, "CA")?;
+            TlsClient::load(Some(&path)).map(Some).map_err(|e| cx.err(ca.span(), e))
+        }
+        None => {
+            let span = p.tls.as_ref().map_or_else(|| p.backends.span(), |t| t.span());
+            TlsClient::load(None).map(Some).map_err(|e| cx.err(span, e))
+        }
+    }
 }
 
 /// The pool's strategy with its options: `hash_key` and `hash_balance_factor` are checked and

@@ -21,12 +21,13 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 }
 
 fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// The comma-separated tokens of every `Connection` header, trimmed. Split as bytes, so that a
+/// stray non-ASCII byte in one token does not hide the others.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii)
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
@@ -35,12 +36,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Names listed in Connection go first, while the header is still there. Collecting is only
     // needed in the rare case that Connection names something beyond the fixed list.
     if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .filter(|n| !(keep_upgrade && n == header::UPGRADE))
             .collect();
         for name in named {
@@ -135,6 +132,15 @@ mod tests {
         assert_eq!(h.get("connection").unwrap(), "upgrade");
         assert!(h.get("x-drop").is_none());
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn a_non_ascii_byte_does_not_hide_the_other_named_headers() {
+        let mut h = HeaderMap::new();
+        h.append("connection", HeaderValue::from_bytes(b"x-secret, \xff-junk").unwrap());
+        h.append("x-secret", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
     }
 
     #[test]

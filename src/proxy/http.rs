@@ -23,6 +23,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
 use tokio::time::{timeout_at, Instant};
 
+use super::guard;
 use super::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::upstream::{connect, ConnectError, Sender, UpBody, UpstreamBody};
@@ -45,6 +46,8 @@ pub struct HttpProxy {
     pub metrics: Arc<Metrics>,
     /// This listener's access log, when it has one.
     pub access_log: Option<Arc<AccessLog>>,
+    /// `max_uri_bytes` and `max_body_bytes`, checked before anything is forwarded.
+    pub limits: guard::Limits,
 }
 
 /// How one try at one backend ended, when it did not produce a response.
@@ -134,6 +137,11 @@ impl HttpProxy {
         started: std::time::Instant,
         retries: &mut usize,
     ) -> (Response<RespBody>, Option<Arc<Backend>>) {
+        // Hostile or oversized requests are answered here, before any backend sees a byte.
+        let version = req.version();
+        if let Err(refusal) = guard::check(&req, &self.limits) {
+            return (refusal.response(version), None);
+        }
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -168,7 +176,11 @@ impl HttpProxy {
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
         });
-        let body: UpBody = if bodiless { Either::Right(Empty::new()) } else { Either::Left(body) };
+        let body: UpBody = if bodiless {
+            Either::Right(Empty::new())
+        } else {
+            Either::Left(guard::ClientBody::new(body, self.limits.max_body_bytes))
+        };
         let mut pending = Some(Request::from_parts(parts, body));
 
         let mut tried: Vec<usize> = Vec::new();
@@ -227,7 +239,9 @@ impl HttpProxy {
                     match failure {
                         TryFailure::Connect(e) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "backend connect failed");
-                            health::passive_failure(pool, backend, "connect failed");
+                            if !guard::out_of_descriptors(&e) {
+                                health::passive_failure(pool, backend, "connect failed");
+                            }
                         }
                         TryFailure::Sent { error, stale: true } if !stale_retry_used && replay.is_some() => {
                             // The backend closed an idle pooled connection as we reused it. Not
@@ -238,6 +252,12 @@ impl HttpProxy {
                             continue;
                         }
                         TryFailure::Sent { error, .. } => {
+                            if let Some(refusal) = guard::client_fault(&error) {
+                                // The client's body broke off or outgrew max_body_bytes: the
+                                // client's fault, not the backend's, and nothing to retry.
+                                tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "request body failed");
+                                return (refusal.response(version), None);
+                            }
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error, "backend failed mid-request");
                             health::passive_failure(pool, backend, "reset mid-request");
                         }
@@ -277,7 +297,7 @@ async fn exchange(
     loop {
         let (mut sender, reused) = match backend.conns().take() {
             Some(s) => (s, true),
-            None => match connect(backend.addr, pool.settings.connect_timeout).await {
+            None => match connect(backend.addr, backend.tls(), pool.settings.connect_timeout).await {
                 Ok(s) => (s, false),
                 Err(e) => return Err((TryFailure::Connect(e), Some(req))),
             },

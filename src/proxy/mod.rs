@@ -5,11 +5,18 @@
 //! - `http`: one request → pick, forward, retry, answer; WebSocket tunnels.
 //! - `tcp`: one connection → pick, connect (with failover), copy bytes both ways.
 //! - `local`: the short text/plain answers the proxy gives itself (400, 502, 503, 504).
+//! - `upstream_tls`: opening backend connections: TCP, an optional PROXY header, optional TLS.
+//! - `proxy_protocol`: PROXY protocol v1/v2 headers, parsed from clients and written to backends.
+//! - `guard`: hostile input: request checks (400/413/414), the client body limit, and the
+//!   connection deadlines before the first request and when idle.
 
+pub mod guard;
 pub mod headers;
 pub mod http;
 pub mod local;
+pub mod proxy_protocol;
 pub mod tcp;
 pub mod upstream;
+pub mod upstream_tls;
 
 pub use self::http::{HttpProxy, RespBody};

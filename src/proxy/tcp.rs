@@ -1,8 +1,9 @@
 //! L4 forwarding: one client connection → one backend connection, bytes copied both ways.
 //!
 //! The backend is chosen by the pool's strategy per connection (a session counts as one in
-//! flight for least_connections). A failed connect fails over to another backend before any
-//! byte is exchanged. Half-close is propagated: when one side shuts down its write half, the
+//! flight for least_connections). The backend connection may start with a PROXY protocol header
+//! (`send_proxy`) and be TLS (`tls`); a failed connect, header write or TLS handshake fails over
+//! to another backend before any byte of the client's is exchanged. Half-close is propagated: when one side shuts down its write half, the
 //! other side's write half is shut down too and the opposite direction keeps flowing until it
 //! also ends. The same copy loop carries upgraded HTTP connections (WebSocket).
 
@@ -15,12 +16,14 @@ use std::sync::Arc;
 
 use prometheus::IntCounter;
 use tokio::io::{copy_bidirectional, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::balance::{PickCtx, TryTimer};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::pool::{Backend, InFlight, Route};
+
+use super::proxy_protocol::Addresses;
+use super::upstream_tls::{self, BackendStream, Preface};
 
 /// Per-chunk byte counters of a listener: (from clients, to clients).
 pub type ByteCounters = (IntCounter, IntCounter);
@@ -34,10 +37,13 @@ pub struct Session {
 }
 
 /// Proxies one accepted TCP connection to a backend of `pool`, counting bytes into `bytes` as
-/// they flow. Returns the session, or `None` when no backend could be reached.
+/// they flow. `peer` is the client and `local` the address it connected to (both from the
+/// PROXY header on an `accept_proxy` listener); a `send_proxy` pool passes them on. Returns the
+/// session, or `None` when no backend could be reached.
 pub async fn proxy_connection<C>(
     client: C,
     peer: SocketAddr,
+    local: SocketAddr,
     pool: &Route,
     metrics: &Metrics,
     bytes: Option<&ByteCounters>,
@@ -48,6 +54,7 @@ where
     let pool = pool.load().load_full();
     // consistent_hash: a byte stream's only key is the client IP (`None` for other strategies).
     let key_hash = pool.kind.connection_key_hash(peer.ip());
+    let preface = pool.settings.send_proxy.map(|v| Preface::Relay(v, Addresses { source: peer, destination: local }));
     let mut tried = Vec::new();
     loop {
         let Some(idx) = pool.pick(&PickCtx { tried: &tried, key_hash }) else {
@@ -59,17 +66,27 @@ where
         // least_time: the connect time feeds the backend's estimate; a failed connect counts
         // as one that took connect_timeout.
         let timer = TryTimer::start(pool.kind);
-        match tokio::time::timeout(pool.settings.connect_timeout, TcpStream::connect(backend.addr)).await {
+        let open = upstream_tls::open(backend.addr, backend.tls(), preface);
+        match tokio::time::timeout(pool.settings.connect_timeout, open).await {
             Ok(Ok(upstream)) => {
                 timer.succeeded(backend);
-                let _ = upstream.set_nodelay(true);
-                let (from_client, to_client) = splice(client, upstream, bytes).await;
+                // A plain socket splits into owned halves without a lock; TLS needs the shared split.
+                let (from_client, to_client) = match upstream {
+                    BackendStream::Plain(s) => {
+                        let (r, w) = s.into_split();
+                        splice(client, r, w, bytes).await
+                    }
+                    BackendStream::Tls(s) => {
+                        let (r, w) = tokio::io::split(*s);
+                        splice(client, r, w, bytes).await
+                    }
+                };
                 drop(guard);
                 return Some(Session { backend: backend.clone(), from_client, to_client, retries: tried.len() });
             }
             Ok(Err(e)) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "tcp backend connect failed");
-                health::passive_failure(&pool, backend, "connect failed");
+                health::passive_failure(&pool, backend, e.reason());
             }
             Err(_) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, "tcp backend connect timed out");
@@ -91,12 +108,13 @@ const BUF: usize = 16 * 1024;
 
 /// Copies both ways until both sides have closed, propagating half-close, and returns the bytes
 /// (from the client, to the client). The first error ends both directions.
-async fn splice<C>(client: C, upstream: TcpStream, bytes: Option<&ByteCounters>) -> (u64, u64)
+async fn splice<C, R, W>(client: C, up_r: R, up_w: W, bytes: Option<&ByteCounters>) -> (u64, u64)
 where
     C: AsyncRead + AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let (client_r, client_w) = tokio::io::split(client);
-    let (up_r, up_w) = upstream.into_split();
     let (mut sent, mut received) = (0u64, 0u64);
     let c2u = pump(client_r, up_w, bytes.map(|b| &b.0), &mut sent);
     let u2c = pump(up_r, client_w, bytes.map(|b| &b.1), &mut received);

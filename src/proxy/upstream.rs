@@ -11,6 +11,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -20,16 +21,16 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 
 use prometheus::Histogram;
 
+use super::upstream_tls::{self, OpenError, UpstreamTls};
 use crate::access_log::{AccessLog, HttpEntry};
 use crate::pool::{Backend, InFlight};
 
-/// Body of a request sent upstream: the client's streamed body, or nothing (so that a bodiless
-/// request can be rebuilt for a retry).
-pub type UpBody = Either<Incoming, Empty<Bytes>>;
+/// Body of a request sent upstream: the client's streamed body (cut off at `max_body_bytes`),
+/// or nothing (so that a bodiless request can be rebuilt for a retry).
+pub type UpBody = Either<super::guard::ClientBody, Empty<Bytes>>;
 
 /// A ready-to-use upstream connection.
 pub type Sender = SendRequest<UpBody>;
@@ -41,6 +42,8 @@ const MAX_IDLE_PER_BACKEND: usize = 512;
 #[derive(Debug, Default)]
 pub struct ConnPool {
     idle: Mutex<Vec<Sender>>,
+    /// What the idle connections are: 0 plain TCP, else the id of the backend's TLS settings.
+    transport: AtomicU64,
 }
 
 impl ConnPool {
@@ -55,14 +58,24 @@ impl ConnPool {
         None
     }
 
-    /// Returns a connection whose last exchange completed.
-    pub fn put(&self, s: Sender) {
-        if s.is_closed() {
+    /// Returns a connection whose last exchange completed. `transport` is what it was opened
+    /// as ([`Backend::transport_id`] of the backend it was opened for); a connection opened
+    /// before a reload changed the backend's TLS settings is closed instead of kept.
+    pub fn put(&self, s: Sender, transport: u64) {
+        if s.is_closed() || transport != self.transport.load(Ordering::Relaxed) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         if idle.len() < MAX_IDLE_PER_BACKEND {
             idle.push(s);
+        }
+    }
+
+    /// Records what new connections to this backend are (plain, or TLS with given settings);
+    /// when that changed (a reload), the idle connections of the old kind are closed.
+    pub fn set_transport(&self, transport: u64) {
+        if self.transport.swap(transport, Ordering::Relaxed) != transport {
+            self.clear();
         }
     }
 
@@ -85,19 +98,21 @@ pub enum ConnectError {
     Io(SocketAddr, io::Error),
     #[error("connection to {0} closed before use")]
     Closed(SocketAddr),
+    #[error("TLS handshake with {0} failed: {1}")]
+    Tls(SocketAddr, io::Error),
     #[error("HTTP handshake with {0} failed: {1}")]
     Handshake(SocketAddr, hyper::Error),
 }
 
-/// Opens a new HTTP/1.1 connection to `addr` and spawns its driver task.
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, ConnectError> {
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+/// Opens a new HTTP/1.1 connection to `addr` (over TLS when `tls` is set; connect and TLS
+/// handshake both within `timeout`) and spawns its driver task.
+pub async fn connect(addr: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<Sender, ConnectError> {
+    let stream = match tokio::time::timeout(timeout, upstream_tls::open(addr, tls, None)).await {
         Err(_) => return Err(ConnectError::Timeout(addr)),
-        Ok(Err(e)) => return Err(ConnectError::Io(addr, e)),
+        Ok(Err(OpenError::Tls(e))) => return Err(ConnectError::Tls(addr, e)),
+        Ok(Err(OpenError::Connect(e) | OpenError::Preface(e))) => return Err(ConnectError::Io(addr, e)),
         Ok(Ok(s)) => s,
     };
-    // Small requests and responses must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await
@@ -151,7 +166,8 @@ impl UpstreamBody {
         if let Some(guard) = self.in_flight.take() {
             self.observe.0.observe(self.observe.1.elapsed().as_secs_f64());
             if let (true, Some(s)) = (clean, self.reuse.take()) {
-                backend_pool(guard.backend()).put(s);
+                let backend = guard.backend();
+                backend_pool(backend).put(s, backend.transport_id());
             }
         }
         self.reuse = None;

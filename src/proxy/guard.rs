@@ -1,0 +1,392 @@
+//! Hostile input: what a client may not send, and how long it may take to send anything.
+//!
+//! hyper's HTTP/1 parser already refuses most malformed heads itself, answering with an empty
+//! `400` (or `431`, `414`) and closing the connection before the proxy sees a request: two
+//! different `Content-Length`s (or a list, or a non-number), `Transfer-Encoding` on HTTP/1.0, a
+//! final transfer coding other than `chunked` (`xchunked`), bare CR, NUL or obs-folded lines in
+//! a header, whitespace before a header's colon, a head over the buffer limit or with more
+//! headers than allowed. HTTP/2 (the h2 crate) resets streams that carry connection-specific
+//! headers or invalid values. What gets through and is refused here, before anything reaches a
+//! backend:
+//!
+//! - a `Transfer-Encoding` other than exactly one `chunked` (hyper accepts `chunked, chunked`,
+//!   `gzip, chunked` and repeated headers, which other servers may frame differently): `400`;
+//! - a path and query longer than `max_uri_bytes`: `414`;
+//! - a declared `Content-Length` over `max_body_bytes`: `413`; a body without one that grows
+//!   past it is cut off there by [`ClientBody`] and answered with `413` too.
+//!
+//! Each of these answers carries `Connection: close` on HTTP/1: the rest of the connection's
+//! bytes cannot be trusted to be framed the way we think, so nothing more is read from it.
+//!
+//! A request with both `Content-Length` and `Transfer-Encoding: chunked` cannot be told apart
+//! here: hyper drops the `Content-Length` before the proxy sees the head, decodes the body as
+//! chunked, and closes the connection after the response. The backend gets one well-framed
+//! request and nothing after it, so nothing can be smuggled (see README, "Hostile input").
+//!
+//! [`Activity`] bounds the time before a connection's first request (hyper's own header timer
+//! starts only once it knows the protocol, so a client that sends nothing would otherwise be
+//! kept for ever) and the time an HTTP/2 connection may sit without requests.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::http::RespBody;
+use super::local;
+use super::upstream::ConnectError;
+
+/// Per-listener request limits (`max_uri_bytes`, `max_body_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest path and query accepted; longer gets 414.
+    pub max_uri_bytes: usize,
+    /// Largest request body accepted, `None` for no limit; larger gets 413.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Why a request is refused before it is forwarded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Transfer-Encoding` other than exactly one `chunked`.
+    TransferEncoding,
+    /// Path and query longer than `max_uri_bytes`.
+    UriTooLong,
+    /// Body larger than `max_body_bytes` (declared, or found out while streaming it).
+    BodyTooLarge,
+    /// The client's body ended before its declared end (the client went away or broke the
+    /// framing). Not the backend's fault, so it is not counted against it.
+    BodyAborted,
+}
+
+impl Refusal {
+    /// The proxy's answer: a short text/plain body, and `Connection: close` on HTTP/1.
+    pub fn response(self, version: Version) -> Response<RespBody> {
+        let mut resp = match self {
+            Refusal::TransferEncoding => {
+                local::bad_request("unsupported Transfer-Encoding (only \"chunked\" is accepted)")
+            }
+            Refusal::UriTooLong => local::respond(StatusCode::URI_TOO_LONG, "414 URI Too Long"),
+            Refusal::BodyTooLarge => local::respond(StatusCode::PAYLOAD_TOO_LARGE, "413 Content Too Large"),
+            Refusal::BodyAborted => local::bad_request("the request body ended early"),
+        };
+        if version < Version::HTTP_2 {
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+}
+
+/// Checks a request head against the rules above. Cheap: a few header lookups.
+pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Refusal> {
+    let headers = req.headers();
+    let mut te = headers.get_all(TRANSFER_ENCODING).iter();
+    if let Some(first) = te.next() {
+        let only_chunked = first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") && te.next().is_none();
+        // hyper never hands over both; refuse them anyway should that change.
+        if !only_chunked || headers.contains_key(CONTENT_LENGTH) {
+            return Err(Refusal::TransferEncoding);
+        }
+    }
+    if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > limits.max_uri_bytes {
+        return Err(Refusal::UriTooLong);
+    }
+    if let Some(max) = limits.max_body_bytes {
+        // hyper (HTTP/1) and h2 have already refused unparsable or conflicting values.
+        let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+        if declared.is_some_and(|len: u64| len > max) {
+            return Err(Refusal::BodyTooLarge);
+        }
+    }
+    Ok(())
+}
+
+/// A client's request body on its way to a backend, cut off with an error once it grows past
+/// `max_body_bytes`. Its errors say whose fault they were, see [`client_fault`].
+pub struct ClientBody {
+    inner: Incoming,
+    /// Bytes still allowed; `None` without a limit.
+    left: Option<u64>,
+}
+
+impl ClientBody {
+    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
+        ClientBody { inner, left: limit }
+    }
+}
+
+/// Why a [`ClientBody`] failed.
+#[derive(Debug)]
+pub enum ClientBodyError {
+    /// Reading from the client failed (it went away, or its framing broke).
+    Read(hyper::Error),
+    /// The body grew past the limit.
+    TooLarge,
+}
+
+impl fmt::Display for ClientBodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientBodyError::Read(e) => write!(f, "reading the client's request body failed: {e}"),
+            ClientBodyError::TooLarge => f.write_str("the client's request body is over max_body_bytes"),
+        }
+    }
+}
+
+impl StdError for ClientBodyError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            ClientBodyError::Read(e) => Some(e),
+            ClientBodyError::TooLarge => None,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(left), Some(data)) = (this.left.as_mut(), frame.data_ref()) {
+                    let n = data.len() as u64;
+                    if n > *left {
+                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
+                    }
+                    *left -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Read(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// When an upstream exchange failed because of the client's body (too large, or cut short),
+/// the refusal to answer with; `None` when the backend side failed.
+pub fn client_fault(err: &hyper::Error) -> Option<Refusal> {
+    let mut cause: Option<&(dyn StdError + 'static)> = err.source();
+    while let Some(e) = cause {
+        match e.downcast_ref::<ClientBodyError>() {
+            Some(ClientBodyError::TooLarge) => return Some(Refusal::BodyTooLarge),
+            Some(ClientBodyError::Read(_)) => return Some(Refusal::BodyAborted),
+            None => cause = e.source(),
+        }
+    }
+    None
+}
+
+/// True when a backend connect failed because lb itself is out of file descriptors (EMFILE,
+/// ENFILE: the same numbers on Linux, the BSDs and macOS). That says nothing about the backend,
+/// so it must not count as a passive health failure: otherwise a flood of client connections
+/// that exhausts descriptors would take every backend out of rotation, and keep them out for a
+/// while after the flood is gone.
+pub fn out_of_descriptors(e: &ConnectError) -> bool {
+    const ENFILE: i32 = 23;
+    const EMFILE: i32 = 24;
+    matches!(e, ConnectError::Io(_, err) if matches!(err.raw_os_error(), Some(ENFILE | EMFILE)))
+}
+
+/// Connection-level deadlines, from the listener's `header_timeout` and `idle_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnTimeouts {
+    /// The first request must have arrived this long after the connection was accepted (after
+    /// the TLS handshake).
+    pub first_request: Duration,
+    /// A connection with nothing in flight and no new request for this long is closed
+    /// gracefully.
+    pub idle: Duration,
+}
+
+/// Requests in flight on one connection and when the last one ended, shared between the
+/// connection's service (which reports each request through [`Activity::track`]) and the task
+/// that serves the connection (which waits in [`Activity::expired`]).
+#[derive(Clone, Default)]
+pub struct Activity(Arc<ActivityInner>);
+
+#[derive(Default)]
+struct ActivityInner {
+    state: Mutex<ActivityState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct ActivityState {
+    started: bool,
+    active: usize,
+    last_end: Option<Instant>,
+}
+
+/// What [`Activity::expired`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expired {
+    /// No request arrived within `first_request`: nothing is in flight, drop the connection.
+    NoRequest,
+    /// Requests were served, but none for `idle`: shut the connection down gracefully.
+    Idle,
+}
+
+impl Activity {
+    fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts `fut` (one request's handler) as in flight until it completes or is dropped.
+    pub fn track<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+        {
+            let mut s = self.state();
+            s.started = true;
+            s.active += 1;
+        }
+        let done = InFlightRequest(self.clone());
+        async move {
+            let out = fut.await;
+            drop(done);
+            out
+        }
+    }
+
+    /// Resolves when the connection has outlived its deadlines: no first request within
+    /// `first_request` of now, or nothing in flight and no request for `idle`. Pending while a
+    /// request is in flight.
+    pub async fn expired(&self, t: ConnTimeouts) -> Expired {
+        let opened = Instant::now();
+        loop {
+            // Registered before reading the state, so that no change is missed.
+            let changed = self.0.changed.notified();
+            let (deadline, kind) = {
+                let s = self.state();
+                if !s.started {
+                    (Some(opened + t.first_request), Expired::NoRequest)
+                } else if s.active > 0 {
+                    (None, Expired::Idle)
+                } else {
+                    (Some(s.last_end.unwrap_or(opened) + t.idle), Expired::Idle)
+                }
+            };
+            match deadline {
+                Some(d) if d <= Instant::now() => return kind,
+                Some(d) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(d) => {}
+                        _ = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// Ends one request's turn in [`Activity`] when dropped.
+struct InFlightRequest(Activity);
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        {
+            let mut s = self.0.state();
+            s.active = s.active.saturating_sub(1);
+            s.last_end = Some(Instant::now());
+        }
+        self.0 .0.changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits { max_uri_bytes: 16, max_body_bytes: Some(10) };
+
+    fn req(headers: &[(&str, &str)], uri: &str) -> Request<()> {
+        let mut b = Request::post(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn transfer_encoding_must_be_exactly_chunked() {
+        assert_eq!(check(&req(&[("transfer-encoding", "chunked")], "/"), &LIMITS), Ok(()));
+        assert_eq!(check(&req(&[("transfer-encoding", "Chunked")], "/"), &LIMITS), Ok(()));
+        for bad in ["chunked, chunked", "gzip, chunked", "xchunked", "identity", ""] {
+            assert_eq!(
+                check(&req(&[("transfer-encoding", bad)], "/"), &LIMITS),
+                Err(Refusal::TransferEncoding),
+                "{bad:?}"
+            );
+        }
+        let twice = req(&[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")], "/");
+        assert_eq!(check(&twice, &LIMITS), Err(Refusal::TransferEncoding));
+        let both = req(&[("transfer-encoding", "chunked"), ("content-length", "3")], "/");
+        assert_eq!(check(&both, &LIMITS), Err(Refusal::TransferEncoding));
+    }
+
+    #[test]
+    fn uri_and_declared_body_limits() {
+        assert_eq!(check(&req(&[], "/0123456789abcde"), &LIMITS), Ok(()));
+        assert_eq!(check(&req(&[], "/0123456789?bcdef"), &LIMITS), Err(Refusal::UriTooLong));
+        assert_eq!(check(&req(&[("content-length", "10")], "/"), &LIMITS), Ok(()));
+        assert_eq!(check(&req(&[("content-length", "11")], "/"), &LIMITS), Err(Refusal::BodyTooLarge));
+        let unlimited = Limits { max_body_bytes: None, ..LIMITS };
+        assert_eq!(check(&req(&[("content-length", "99999999999")], "/"), &unlimited), Ok(()));
+    }
+
+    #[test]
+    fn refusals_close_http1_connections_only() {
+        let r = Refusal::TransferEncoding.response(Version::HTTP_11);
+        assert_eq!(r.status(), 400);
+        assert_eq!(r.headers()["connection"], "close");
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+        assert!(Refusal::UriTooLong.response(Version::HTTP_2).headers().get("connection").is_none());
+        assert_eq!(Refusal::BodyTooLarge.response(Version::HTTP_10).status(), 413);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn activity_deadlines() {
+        let t = ConnTimeouts { first_request: Duration::from_secs(10), idle: Duration::from_secs(60) };
+        let a = Activity::default();
+        let started = Instant::now();
+        assert_eq!(a.expired(t).await, Expired::NoRequest);
+        assert_eq!(started.elapsed(), Duration::from_secs(10));
+
+        let a = Activity::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let req = tokio::spawn(a.track(rx));
+        let watcher = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(t).await }
+        });
+        // In flight for 5 minutes: never expires meanwhile.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(!watcher.is_finished());
+        tx.send(()).unwrap();
+        req.await.unwrap().unwrap();
+        let ended = Instant::now();
+        assert_eq!(watcher.await.unwrap(), Expired::Idle);
+        assert_eq!(ended.elapsed(), Duration::from_secs(60));
+    }
+}
