@@ -11,8 +11,9 @@
 //!   snapshot behind an `ArcSwap`.
 //! - [`balance`]: the `Strategy` trait and one file per strategy.
 //! - [`health`]: up/down with rise/fall, active probes, passive marks, snapshot publishing.
-//! - [`proxy`]: forwarding: HTTP (headers, retries, upgrades), TCP, upstream connections, and
-//!   the guard against hostile clients (request checks, body limit, connection deadlines).
+//! - [`proxy`]: forwarding: HTTP (headers, retries, upgrades), TCP, upstream connections (plain
+//!   or TLS), the PROXY protocol (read from fronting proxies, written to backends), and the
+//!   guard against hostile clients (request checks, body limit, connection deadlines).
 //! - [`server`]: listening sockets, accept loops, connection limits, hyper connection setup.
 //! - [`access_log`]: one line per request or session, written by its own thread.
 //! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/status`).

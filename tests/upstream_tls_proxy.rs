@@ -323,6 +323,72 @@ async fn health_checks_run_over_tls_and_a_wrong_ca_is_down() {
     assert_eq!(good.requests.load(Ordering::SeqCst), 0, "probes are not counted as requests");
 }
 
+/// A backend that speaks TLS or plain HTTP on the same port, by the first byte (0x16 starts a
+/// TLS handshake); answers `tls` or `plain`.
+async fn dual_backend(leaf: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)) -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(server_config(leaf));
+    let handshakes = Arc::new(AtomicUsize::new(0));
+    let counted = handshakes.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (acceptor, counted) = (acceptor.clone(), counted.clone());
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if s.peek(&mut first).await.is_err() {
+                    return;
+                }
+                let answer = |what: &'static str| {
+                    hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(what))))
+                    })
+                };
+                let h1 = hyper::server::conn::http1::Builder::new();
+                if first[0] == 0x16 {
+                    let Ok(tls) = acceptor.accept(s).await else { return };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let _ = h1.serve_connection(TokioIo::new(tls), answer("tls")).await;
+                } else {
+                    let _ = h1.serve_connection(TokioIo::new(s), answer("plain")).await;
+                }
+            });
+        }
+    });
+    (addr, handshakes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_turns_tls_on_drops_the_idle_plain_connections() {
+    let dir = temp_dir("reloadtls");
+    let ca = make_ca("lb test CA");
+    let ca_path = write_ca(&dir, "ca.pem", &ca);
+    let (backend, handshakes) = dual_backend(make_leaf(&ca, &["backend.test"])).await;
+    let config = |tls: &str| {
+        let text = format!(
+            "{}[pools.p]\nstrategy = \"round_robin\"\n{tls}\nbackends = [{{ addr = \"{backend}\", name = \"b\" }}]\n",
+            http_listener("")
+        );
+        lb::config::parse(Path::new("lb.toml"), &text).unwrap().config
+    };
+    let mut lb = lb::app::Running::start(config("")).await.unwrap();
+    let addr = lb.listener_addr("web").unwrap();
+    let client = client();
+    assert_eq!(get(&client, addr, "/").await.1, "plain");
+    assert_eq!(get(&client, addr, "/").await.1, "plain", "the idle connection is reused");
+
+    let changes = lb
+        .apply(config(&format!("tls = true\ntls_ca = \"{}\"\ntls_sni = \"backend.test\"", ca_path.display())))
+        .unwrap();
+    assert!(changes.items.iter().any(|c| c.contains("TLS")), "{changes:?}");
+    assert_eq!(get(&client, addr, "/").await.1, "tls", "not the pooled plain connection");
+    assert_eq!(get(&client, addr, "/").await.1, "tls");
+    assert_eq!(handshakes.load(Ordering::SeqCst), 1, "the TLS connection is pooled in turn");
+
+    lb.apply(config("")).unwrap();
+    assert_eq!(get(&client, addr, "/").await.1, "plain", "and back");
+}
+
 // ---- PROXY protocol towards backends ----
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
