@@ -297,7 +297,10 @@ async fn exchange(
     loop {
         let (mut sender, reused) = match backend.conns().take() {
             Some(s) => (s, true),
-            None => match connect(backend.addr, backend.tls(), pool.settings.connect_timeout).await {
+            // Boxed: the connect path (TCP, TLS and HTTP handshakes) is large and rare on a warm
+            // pool; inline it would grow every request's future to kilobytes, which hyper copies
+            // into place per request (measured: 16% of all instructions).
+            None => match Box::pin(connect(backend.addr, backend.tls(), pool.settings.connect_timeout)).await {
                 Ok(s) => (s, false),
                 Err(e) => return Err((TryFailure::Connect(e), Some(req))),
             },
