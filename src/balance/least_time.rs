@@ -316,23 +316,12 @@ impl Choice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::{InFlight, PoolSettings};
+    use crate::pool::InFlight;
 
     const MS: Duration = Duration::from_millis(1);
 
     fn pool(weights: &[u32], up: Vec<usize>) -> Pool {
-        let backends = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().unwrap(), w)))
-            .collect();
-        let settings = PoolSettings {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            retries: 2,
-            ..Default::default()
-        };
-        Pool::new("test".into(), backends, up, StrategyKind::LeastTime, Arc::new(settings), Cursor::default())
+        crate::balance::test_pool(StrategyKind::LeastTime, weights, up)
     }
 
     fn all_up(weights: &[u32]) -> Pool {

@@ -173,3 +173,22 @@ pub fn build(kind: StrategyKind, backends: &[Arc<Backend>], up: &[usize], cursor
         StrategyKind::LeastTime => Box::new(LeastTime::new(backends, cursor)),
     }
 }
+
+/// A pool of test backends `b0, b1, ...` on 127.0.0.1:1 with the given weights; `up` lists
+/// the indices in rotation. Shared by the strategies' unit tests.
+#[cfg(test)]
+pub(crate) fn test_pool(kind: StrategyKind, weights: &[u32], up: Vec<usize>) -> Pool {
+    use crate::pool::PoolSettings;
+    let backends = weights
+        .iter()
+        .enumerate()
+        .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().expect("literal address"), w)))
+        .collect();
+    let settings = PoolSettings {
+        connect_timeout: std::time::Duration::from_secs(1),
+        request_timeout: std::time::Duration::from_secs(1),
+        retries: 2,
+        ..Default::default()
+    };
+    Pool::new("test".into(), backends, up, kind, Arc::new(settings), Cursor::default())
+}

@@ -43,24 +43,13 @@ impl Strategy for Random {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
-    use crate::balance::{Cursor, StrategyKind};
-    use crate::pool::{Backend, PoolSettings};
+    use crate::balance::StrategyKind;
 
     fn pool(size: usize, up: Vec<usize>) -> Pool {
-        let backends = (0..size)
-            .map(|i| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().unwrap(), 1 + i as u32)))
-            .collect();
-        let settings = PoolSettings {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            retries: 2,
-            ..Default::default()
-        };
-        Pool::new("test".into(), backends, up, StrategyKind::Random, Arc::new(settings), Cursor::default())
+        let weights: Vec<u32> = (1..=size as u32).collect();
+        crate::balance::test_pool(StrategyKind::Random, &weights, up)
     }
 
     fn counts(pool: &Pool, tried: &[usize], picks: usize) -> Vec<usize> {

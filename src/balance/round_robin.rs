@@ -52,26 +52,12 @@ pub(super) fn first_untried(candidates: &[usize], start: usize, tried: &[usize])
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Duration;
 
     use super::*;
     use crate::balance::StrategyKind;
-    use crate::pool::{Backend, PoolSettings};
 
     fn pool(weights: &[u32], up: Vec<usize>) -> Pool {
-        let backends = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().unwrap(), w)))
-            .collect();
-        let settings = PoolSettings {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            retries: 2,
-            ..Default::default()
-        };
-        Pool::new("test".into(), backends, up, StrategyKind::RoundRobin, Arc::new(settings), Cursor::default())
+        crate::balance::test_pool(StrategyKind::RoundRobin, weights, up)
     }
 
     fn counts(pool: &Pool, picks: usize) -> Vec<usize> {

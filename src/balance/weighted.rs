@@ -161,25 +161,12 @@ fn smooth_schedule(indices: &[u32], weights: &[u64]) -> Vec<u32> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
 
     use super::*;
     use crate::balance::StrategyKind;
-    use crate::pool::PoolSettings;
 
     fn pool(weights: &[u32], up: Vec<usize>) -> Pool {
-        let backends = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().unwrap(), w)))
-            .collect();
-        let settings = PoolSettings {
-            connect_timeout: Duration::from_secs(1),
-            request_timeout: Duration::from_secs(1),
-            retries: 2,
-            ..Default::default()
-        };
-        Pool::new("test".into(), backends, up, StrategyKind::Weighted, Arc::new(settings), Cursor::default())
+        crate::balance::test_pool(StrategyKind::Weighted, weights, up)
     }
 
     fn all_up(weights: &[u32]) -> Pool {
