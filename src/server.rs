@@ -302,7 +302,11 @@ where
             // the protocol is known) and HTTP/2 connections without requests.
             let activity = Activity::default();
             let requests = activity.clone();
-            let svc = hyper::service::service_fn(move |req| requests.track(proxy.clone().handle(req, peer)));
+            // X-Forwarded-For's element for this client, formatted once per connection.
+            let client_ip = crate::proxy::headers::client_ip_value(peer.ip());
+            let svc = hyper::service::service_fn(move |req| {
+                requests.track(proxy.clone().handle(req, peer, client_ip.clone()))
+            });
             let conn = rt.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {

@@ -75,17 +75,32 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 /// values kept, several headers folded into one), `X-Forwarded-Proto` set to the listener's
 /// scheme and `X-Forwarded-Host` set to the host the client asked for.
 pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
-    let ip = client.to_canonical().to_string();
-    let xff = {
-        let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).peekable();
-        if prior.peek().is_none() {
-            HeaderValue::from_str(&ip)
-        } else {
-            let mut joined = prior.collect::<Vec<_>>().join(", ");
-            joined.push_str(", ");
-            joined.push_str(&ip);
-            HeaderValue::from_str(&joined)
-        }
+    add_forwarding_value(headers, &client_ip_value(client), proto, host);
+}
+
+/// The client's address as an `X-Forwarded-For` element (IPv4-mapped IPv6 shown as IPv4).
+/// The proxy computes it once per connection rather than formatting it per request.
+pub fn client_ip_value(client: IpAddr) -> HeaderValue {
+    // An IP address always formats to a valid header value.
+    HeaderValue::from_str(&client.to_canonical().to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
+/// [`add_forwarding`] with the client address already as a header value (see
+/// [`client_ip_value`]): the common case, no earlier `X-Forwarded-For`, costs a refcount.
+pub fn add_forwarding_value(
+    headers: &mut HeaderMap,
+    client: &HeaderValue,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let xff = if !headers.contains_key(&X_FORWARDED_FOR) {
+        Ok(client.clone())
+    } else {
+        let mut joined =
+            headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>().join(", ");
+        joined.push_str(", ");
+        joined.push_str(client.to_str().unwrap_or("unknown"));
+        HeaderValue::from_str(&joined)
     };
     if let Ok(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);

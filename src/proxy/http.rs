@@ -24,7 +24,7 @@ use hyper::body::{Body, Incoming};
 use tokio::time::{timeout_at, Instant};
 
 use super::guard;
-use super::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
+use super::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop};
 use super::local;
 use super::upstream::{connect, ConnectError, Sender, UpBody, UpstreamBody};
 use crate::access_log::{AccessLog, HttpEntry};
@@ -90,6 +90,7 @@ impl HttpProxy {
         self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
+        client_ip: HeaderValue,
     ) -> Result<Response<RespBody>, Infallible> {
         let started = std::time::Instant::now();
         let pool = self.route.load().load_full();
@@ -98,7 +99,7 @@ impl HttpProxy {
             (req.method().clone(), req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |p| p.to_string()))
         });
         let mut retries = 0;
-        let (mut resp, backend) = self.forward(req, client, &pool, started, &mut retries).await;
+        let (mut resp, backend) = self.forward(req, client, client_ip, &pool, started, &mut retries).await;
         let code = resp.status();
         match &backend {
             Some(b) => b.metrics().requests.with_label_values(&[&*self.listener, code.as_str()]).inc(),
@@ -133,6 +134,7 @@ impl HttpProxy {
         &self,
         mut req: Request<Incoming>,
         client: SocketAddr,
+        client_ip: HeaderValue,
         pool: &Arc<Pool>,
         started: std::time::Instant,
         retries: &mut usize,
@@ -158,7 +160,7 @@ impl HttpProxy {
         // (`None` at no cost for every other strategy).
         let key_hash = pool.kind.request_key_hash(&parts.headers, &parts.uri, client.ip());
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        add_forwarding(&mut parts.headers, client.ip(), self.scheme, host.as_ref());
+        add_forwarding_value(&mut parts.headers, &client_ip, self.scheme, host.as_ref());
         // Backends get origin-form over HTTP/1.1 whatever the client spoke.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             parts.uri = match parts.uri.path_and_query() {
