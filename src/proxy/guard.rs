@@ -204,9 +204,14 @@ pub fn client_fault(err: &hyper::Error) -> Option<Refusal> {
 /// that exhausts descriptors would take every backend out of rotation, and keep them out for a
 /// while after the flood is gone.
 pub fn out_of_descriptors(e: &ConnectError) -> bool {
+    matches!(e, ConnectError::Io(_, err) if io_out_of_descriptors(err))
+}
+
+/// True when an I/O error is lb's own descriptor exhaustion (EMFILE or ENFILE).
+pub fn io_out_of_descriptors(err: &std::io::Error) -> bool {
     const ENFILE: i32 = 23;
     const EMFILE: i32 = 24;
-    matches!(e, ConnectError::Io(_, err) if matches!(err.raw_os_error(), Some(ENFILE | EMFILE)))
+    matches!(err.raw_os_error(), Some(ENFILE | EMFILE))
 }
 
 /// Connection-level deadlines, from the listener's `header_timeout` and `idle_timeout`.
@@ -328,6 +333,15 @@ impl Drop for InFlightRequest {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_emfile_and_enfile_are_lbs_own_exhaustion() {
+        use std::io::{Error, ErrorKind};
+        assert!(io_out_of_descriptors(&Error::from_raw_os_error(24)));
+        assert!(io_out_of_descriptors(&Error::from_raw_os_error(23)));
+        assert!(!io_out_of_descriptors(&Error::from_raw_os_error(111)), "ECONNREFUSED is the backend's");
+        assert!(!io_out_of_descriptors(&Error::new(ErrorKind::TimedOut, "t")));
+    }
+
     use super::*;
 
     const LIMITS: Limits = Limits { max_uri_bytes: 16, max_body_bytes: Some(10) };

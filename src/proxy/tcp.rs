@@ -7,13 +7,12 @@
 //! other side's write half is shut down too and the opposite direction keeps flowing until it
 //! also ends. The same copy loop carries upgraded HTTP connections (WebSocket).
 
+use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
-use std::io;
-use std::sync::Arc;
-
 use prometheus::IntCounter;
 use tokio::io::{copy_bidirectional, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -22,8 +21,9 @@ use crate::health;
 use crate::metrics::Metrics;
 use crate::pool::{Backend, InFlight, Route};
 
+use super::guard;
 use super::proxy_protocol::Addresses;
-use super::upstream_tls::{self, BackendStream, Preface};
+use super::upstream_tls::{self, BackendStream, OpenError, Preface};
 
 /// Per-chunk byte counters of a listener: (from clients, to clients).
 pub type ByteCounters = (IntCounter, IntCounter);
@@ -86,7 +86,11 @@ where
             }
             Ok(Err(e)) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "tcp backend connect failed");
-                health::passive_failure(&pool, backend, e.reason());
+                // lb out of descriptors is not the backend's fault (see guard::out_of_descriptors).
+                let exhausted = matches!(&e, OpenError::Connect(err) if guard::io_out_of_descriptors(err));
+                if !exhausted {
+                    health::passive_failure(&pool, backend, e.reason());
+                }
             }
             Err(_) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, "tcp backend connect timed out");
