@@ -281,3 +281,25 @@ async fn in_flight_rises_under_load_and_returns_to_zero() {
         Some(5.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_counted_only_when_another_backend_is_tried() {
+    let live = TestBackend::start("live").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let toml = format!(
+        "[[listeners]]\nname = \"one\"\nbind = \"127.0.0.1:0\"\npool = \"alone\"\n\
+         [[listeners]]\nname = \"two\"\nbind = \"127.0.0.1:0\"\npool = \"pair\"\n\
+         [pools.alone]\nstrategy = \"round_robin\"\nretries = 2\nbackends = [{{ addr = \"{dead}\" }}]\n\
+         [pools.pair]\nstrategy = \"round_robin\"\nretries = 2\n\
+         backends = [{{ addr = \"{dead}\", name = \"dead\" }}, {{ addr = \"{}\", name = \"live\" }}]\n",
+        live.addr
+    );
+    let lb = start_lb(&toml).await;
+    // Alone: the only backend fails and there is nobody to retry on.
+    assert_eq!(get(&client(), lb.listener_addr("one").unwrap(), "/").await.0, 502);
+    // Pair, fresh cursor: dead first, then one retry on live.
+    assert_eq!(get(&client(), lb.listener_addr("two").unwrap(), "/").await.1, "live");
+    let samples = parse(&lb.metrics().render());
+    assert_eq!(value(&samples, "lb_retries_total", &[("pool", "alone")]), Some(0.0));
+    assert_eq!(value(&samples, "lb_retries_total", &[("pool", "pair")]), Some(1.0));
+}

@@ -188,6 +188,8 @@ impl HttpProxy {
         let mut tried: Vec<usize> = Vec::new();
         let mut stale_retry_used = false;
         let mut last_timed_out = false;
+        // Set after a failed try; the retry is counted only once another backend was picked.
+        let mut retrying = false;
         loop {
             let Some(idx) = pool.pick(&PickCtx { tried: &tried, key_hash }) else {
                 return (
@@ -205,6 +207,10 @@ impl HttpProxy {
             let Some(req) = pending.take().or_else(|| replay.as_ref().map(Replay::build)) else {
                 return (local::bad_gateway(), None);
             };
+            if std::mem::take(&mut retrying) {
+                self.metrics.retries.with_label_values(&[&*pool.name]).inc();
+                *retries += 1;
+            }
             let in_flight = pool.acquire(idx);
             // least_time: this try's time to the response head feeds the backend's estimate.
             let timer = TryTimer::start(pool.kind);
@@ -273,14 +279,11 @@ impl HttpProxy {
                     timer.failed(backend, pool.settings.request_timeout);
                     pending = unsent;
                     tried.push(idx);
-                    if attempts <= pool.settings.retries as usize && (pending.is_some() || replay.is_some()) {
-                        self.metrics.retries.with_label_values(&[&*pool.name]).inc();
-                        *retries += 1;
-                    }
                     let replayable = pending.is_some() || replay.is_some();
                     if attempts > pool.settings.retries as usize || !replayable {
                         return (if last_timed_out { local::gateway_timeout() } else { local::bad_gateway() }, None);
                     }
+                    retrying = true;
                 }
             }
         }
