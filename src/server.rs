@@ -25,6 +25,7 @@ use crate::access_log::AccessLog;
 use crate::config::{ListenerConfig, Mode};
 use crate::metrics::Metrics;
 use crate::pool::Route;
+use crate::proxy::checked_stream::CheckedStream;
 use crate::proxy::guard::{self, Activity, ConnTimeouts, Expired};
 use crate::proxy::{proxy_protocol, tcp, HttpProxy};
 use crate::shutdown::Signal;
@@ -307,6 +308,7 @@ where
             let svc = hyper::service::service_fn(move |req| {
                 requests.track(proxy.clone().handle(req, peer, client_ip.clone()))
             });
+            let stream = CheckedStream::new(stream, activity.clone());
             let conn = rt.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {
@@ -316,6 +318,12 @@ where
                     }
                 }
                 _ = signal.triggered() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+                // A refused head: answer what came before it, then the refusal, then close.
+                _ = activity.reading_stopped() => {
+                    tracing::debug!(listener = %rt.name, client = %peer, "request head refused; closing");
                     conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 }

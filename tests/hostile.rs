@@ -168,34 +168,64 @@ async fn obfuscated_transfer_encodings_get_400_and_close_with_nothing_forwarded(
     assert!(r.text().ends_with("ok"), "{}", r.text());
 }
 
-/// Both Content-Length and Transfer-Encoding: hyper drops the Content-Length before the proxy
-/// sees the head, so this cannot be answered with 400 (README). What is promised instead: the
-/// body is read as chunked, the backend sees exactly that one request, nothing after it on the
-/// connection is read, and the connection is closed after the answer.
+/// Both Content-Length and Transfer-Encoding, in either order: 400 with the proxy's own text,
+/// closed, nothing forwarded, and nothing after it on the connection read. Sent whole, and
+/// split so that the head arrives in pieces.
 #[tokio::test]
-async fn content_length_with_chunked_smuggles_nothing() {
+async fn content_length_with_transfer_encoding_gets_400_and_close_with_nothing_forwarded() {
     let (b, _lb, addr) = lb_with("").await;
-    let cases: [&[u8]; 2] = [
+    let cases: [&[u8]; 3] = [
         b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"POST /echo HTTP/1.1\r\nHost: h\r\ncontent-length: 0\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     ];
     for (i, head) in cases.iter().enumerate() {
         let mut bytes = head.to_vec();
         bytes.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
-        let r = send(addr, &bytes).await;
-        assert_eq!(r.status(), 200, "case {i}: {}", r.text());
-        assert!(r.closed, "case {i}: connection left open");
-        assert!(r.head().contains("connection: close"), "case {i}: {}", r.text());
-        assert_eq!(r.text().matches("HTTP/1.1").count(), 1, "case {i}: the smuggled request was answered");
-        assert!(r.text().ends_with("\r\n\r\nhello"), "case {i}: body not read as chunked: {}", r.text());
-        assert_eq!(b.hits(), 1, "case {i}");
-        let seen = b.last_seen();
-        assert_eq!((seen.uri.as_str(), &seen.body[..]), ("/echo", &b"hello"[..]), "case {i}");
-        assert!(seen.headers.get("content-length").is_none(), "case {i}: {:?}", seen.headers);
-        assert!(b.seen.lock().unwrap().iter().all(|s| s.uri != "/smuggled"));
-        normal_request_is_served(addr, &b).await;
-        b.hits.store(0, Ordering::SeqCst);
+        for split in [None, Some(30)] {
+            let r = match split {
+                None => send(addr, &bytes).await,
+                Some(at) => {
+                    let mut s = TcpStream::connect(addr).await.unwrap();
+                    s.write_all(&bytes[..at]).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    s.write_all(&bytes[at..]).await.unwrap();
+                    read_all(&mut s, PATIENCE).await
+                }
+            };
+            let what = format!("case {i}, split {split:?}");
+            assert_eq!(r.status(), 400, "{what}: {}", r.text());
+            assert!(r.closed, "{what}: connection left open");
+            let head = r.head();
+            assert!(head.contains("connection: close"), "{what}: {head}");
+            assert!(head.contains("content-type: text/plain"), "{what}: {head}");
+            assert!(r.text().ends_with("both Content-Length and Transfer-Encoding\n"), "{what}: {}", r.text());
+            assert_eq!(r.text().matches("HTTP/1.1").count(), 1, "{what}: the smuggled request was answered");
+            assert_eq!(b.hits(), 0, "{what}: the backend saw {:?}", b.last_seen());
+            normal_request_is_served(addr, &b).await;
+            b.hits.store(0, Ordering::SeqCst);
+        }
     }
+}
+
+/// The refused head arrives pipelined behind a good request: the good one is answered and
+/// forwarded, then the 400, then the close; the refused request never reaches the backend.
+#[tokio::test]
+async fn a_pipelined_request_before_a_smuggling_head_is_still_answered() {
+    let (b, _lb, addr) = lb_with("").await;
+    let bytes = b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nfirst\
+        POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n\
+        GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    let r = send(addr, bytes).await;
+    let text = r.text();
+    assert!(r.closed, "connection left open: {text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let second = text.find("HTTP/1.1 400").unwrap_or_else(|| panic!("no 400 after the 200: {text}"));
+    assert!(text[..second].ends_with("first"), "the first response is not whole: {text}");
+    assert_eq!(text.matches("HTTP/1.1").count(), 2, "{text}");
+    assert_eq!(b.hits(), 1, "{:?}", b.seen.lock().unwrap());
+    assert_eq!(b.last_seen().body, &b"first"[..]);
+    normal_request_is_served(addr, &b).await;
 }
 
 // ---- size limits ----

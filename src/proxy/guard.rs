@@ -18,10 +18,9 @@
 //! Each of these answers carries `Connection: close` on HTTP/1: the rest of the connection's
 //! bytes cannot be trusted to be framed the way we think, so nothing more is read from it.
 //!
-//! A request with both `Content-Length` and `Transfer-Encoding: chunked` cannot be told apart
-//! here: hyper drops the `Content-Length` before the proxy sees the head, decodes the body as
-//! chunked, and closes the connection after the response. The backend gets one well-framed
-//! request and nothing after it, so nothing can be smuggled (see README, "Hostile input").
+//! A request with both `Content-Length` and `Transfer-Encoding` cannot be told apart here
+//! (hyper drops the `Content-Length` before the proxy sees the head); it is refused earlier, on
+//! the byte stream, by [`super::checked_stream`].
 //!
 //! [`Activity`] bounds the time before a connection's first request (hyper's own header timer
 //! starts only once it knows the protocol, so a client that sends nothing would otherwise be
@@ -236,6 +235,10 @@ struct ActivityInner {
     state: Mutex<ActivityState>,
     /// Signalled once per connection, when its first request starts.
     first: Notify,
+    /// Signalled when the connection's stream refused a request head: nothing more is read,
+    /// and the connection is to be shut down after the requests in flight (see
+    /// [`super::checked_stream`]).
+    stop: Notify,
 }
 
 #[derive(Default)]
@@ -257,6 +260,16 @@ pub enum Expired {
 impl Activity {
     fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks the task serving the connection to shut it down gracefully (idempotent).
+    pub fn stop_reading(&self) {
+        self.0.stop.notify_one();
+    }
+
+    /// Resolves once [`Activity::stop_reading`] has been called.
+    pub async fn reading_stopped(&self) {
+        self.0.stop.notified().await;
     }
 
     /// Counts `fut` (one request's handler) as in flight until it completes or is dropped.

@@ -1,0 +1,204 @@
+//! An HTTP/1 client connection as hyper reads it: every request head is judged by a
+//! [`Scanner`] before hyper sees any byte of it, so a head hyper would accept but SPEC refuses
+//! (both `Content-Length` and `Transfer-Encoding`) never becomes a request.
+//!
+//! Bytes normally go straight from the socket into hyper's buffer and are only looked at there;
+//! they are copied into this wrapper's own buffer only when a read ends inside a head (or a
+//! chunk-size line), which is held back until it is whole.
+//!
+//! A refused head is answered with `400` and the connection is closed, after whatever came
+//! before it on the connection:
+//! - nothing was handed to hyper yet (the usual case): the answer is written here and hyper is
+//!   told the client has gone (end of stream), so it closes without a request;
+//! - earlier requests were (pipelined): hyper is never given the refused head, the serving task
+//!   is told through [`Activity::stop_reading`] to shut the connection down gracefully, hyper
+//!   finishes the responses in flight, and the answer is written when it shuts the stream down.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::framing::{Scan, Scanner};
+use super::guard::Activity;
+
+/// The answer to a refused head.
+const ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 59\r\n\
+connection: close\r\n\
+\r\n\
+400 Bad Request: both Content-Length and Transfer-Encoding\n";
+
+/// Read size when reading into the held-back buffer.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// See the module doc.
+pub struct CheckedStream<S> {
+    inner: S,
+    scanner: Scanner,
+    /// Read from the client, not yet handed to hyper: the first `ready` bytes are judged, the
+    /// rest is an incomplete head or line.
+    held: Vec<u8>,
+    ready: usize,
+    /// Whether hyper has been handed any byte: until then no request can be in flight.
+    delivered: bool,
+    /// A head was refused; nothing after it is read.
+    refused: bool,
+    /// How much of [`ANSWER`] has been written.
+    answered: usize,
+    activity: Activity,
+}
+
+impl<S> CheckedStream<S> {
+    pub fn new(inner: S, activity: Activity) -> Self {
+        CheckedStream {
+            inner,
+            scanner: Scanner::default(),
+            held: Vec::new(),
+            ready: 0,
+            delivered: false,
+            refused: false,
+            answered: 0,
+            activity,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> CheckedStream<S> {
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.answered < ANSWER.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &ANSWER[self.answered..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.answered += n;
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        loop {
+            if this.ready > 0 {
+                let n = this.ready.min(out.remaining());
+                out.put_slice(&this.held[..n]);
+                this.held.drain(..n);
+                this.ready -= n;
+                if this.held.is_empty() {
+                    // The slow path is rare; do not keep its buffer on idle connections.
+                    this.held = Vec::new();
+                }
+                this.delivered = true;
+                return Poll::Ready(Ok(()));
+            }
+            if this.refused {
+                if !this.delivered {
+                    ready!(this.poll_answer(cx))?;
+                    // End of stream: hyper closes a connection that never had a request.
+                    return Poll::Ready(Ok(()));
+                }
+                // Woken by nothing: the serving task shuts the connection down instead.
+                this.activity.stop_reading();
+                return Poll::Pending;
+            }
+            if this.held.is_empty() {
+                // Fast path: read into hyper's buffer and judge the bytes there.
+                let before = out.filled().len();
+                ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
+                let new = &out.filled()[before..];
+                if new.is_empty() || this.scanner.is_off() {
+                    this.delivered |= !new.is_empty();
+                    return Poll::Ready(Ok(()));
+                }
+                let passed = match this.scanner.scan(new) {
+                    Scan::Pass(n) => {
+                        this.held.extend_from_slice(&new[n..]);
+                        n
+                    }
+                    Scan::Refuse(n) => {
+                        this.refused = true;
+                        n
+                    }
+                };
+                out.set_filled(before + passed);
+                if passed > 0 {
+                    this.delivered = true;
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            // Slow path: more bytes after an incomplete head or line.
+            let len = this.held.len();
+            this.held.resize(len + READ_CHUNK, 0);
+            let mut buf = ReadBuf::new(&mut this.held[len..]);
+            let res = Pin::new(&mut this.inner).poll_read(cx, &mut buf);
+            let got = buf.filled().len();
+            this.held.truncate(len + got);
+            ready!(res)?;
+            if got == 0 {
+                // The client ended inside a head or line: no request can come of it. Let hyper
+                // see the bytes and the end, and answer as it does for a truncated head.
+                this.ready = this.held.len();
+                continue;
+            }
+            match this.scanner.scan(&this.held) {
+                Scan::Pass(n) => this.ready = n,
+                Scan::Refuse(n) => {
+                    this.held.truncate(n);
+                    this.ready = n;
+                    this.refused = true;
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.refused {
+            // Hyper has finished what came before the refused head; the answer goes last.
+            ready!(this.poll_answer(cx))?;
+        }
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_answer_declares_its_body_length() {
+        let text = std::str::from_utf8(ANSWER).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
+    }
+}

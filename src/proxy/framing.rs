@@ -1,0 +1,359 @@
+//! HTTP/1 request framing as the client sent it, followed ahead of hyper's parser.
+//!
+//! hyper accepts a request carrying both `Content-Length` and `Transfer-Encoding`: it drops the
+//! length, reads the body as chunked and closes the connection afterwards. That is safe, but
+//! SPEC promises `400` and nothing forwarded, as nginx and HAProxy do, and by the time the
+//! proxy's service sees the request the `Content-Length` is gone. So the client's byte stream is
+//! read through a [`Scanner`] first (see [`super::checked_stream`]): it finds each request head,
+//! judges it, and skips the body by its framing (`Content-Length` bytes, or chunks up to the last
+//! one and its trailers) to find the next head.
+//!
+//! The scanner only has to be right where hyper would accept the bytes: where hyper will refuse
+//! them itself (a malformed head, a bad chunk size, a second different length) the scanner stops
+//! judging ([`State::Off`]) and hyper answers `400` and closes. It also stops after an
+//! `Upgrade`/`CONNECT` head (what follows is a tunnel, not HTTP) and for HTTP/2 with prior
+//! knowledge (the `PRI * HTTP/2.0` preface).
+
+use memchr::memchr;
+
+/// A head that has not ended within this many bytes is left to hyper, which answers 431 (its
+/// buffer is this size, see [`crate::server::MAX_HEAD_BYTES`]).
+const MAX_HEAD: usize = crate::server::MAX_HEAD_BYTES;
+
+/// A chunk-size or trailer line longer than this is left to hyper (which allows 16 KiB of chunk
+/// extensions per body and errors past that).
+const MAX_LINE: usize = 20 * 1024;
+
+/// What [`Scanner::scan`] found in the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scan {
+    /// The first `n` bytes may be handed on; the rest, if any, is an incomplete head or line
+    /// that must be seen whole before it can be judged. Scan it again with more bytes after it.
+    Pass(usize),
+    /// The first `n` bytes may be handed on; the request head that starts there is refused.
+    Refuse(usize),
+}
+
+/// Where in the request stream the scanner is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Expecting a request head (possibly after empty lines).
+    Head,
+    /// This many body bytes are left (`Content-Length`).
+    Body(u64),
+    /// Expecting a chunk-size line.
+    ChunkSize,
+    /// This many bytes of chunk data are left.
+    ChunkData(u64),
+    /// Expecting the CRLF after a chunk's data.
+    ChunkEnd,
+    /// After the last chunk: trailer lines up to an empty one.
+    Trailers,
+    /// No longer judging: everything passes (see the module doc for when).
+    Off,
+}
+
+/// Follows one connection's request stream; see the module doc.
+#[derive(Debug)]
+pub struct Scanner {
+    state: State,
+}
+
+impl Default for Scanner {
+    fn default() -> Self {
+        Scanner { state: State::Head }
+    }
+}
+
+/// How the body after a judged head is framed.
+enum Next {
+    Body(u64),
+    Chunked,
+    /// No body: another head follows.
+    Head,
+    /// Stop judging (tunnel, HTTP/2, or something hyper refuses itself).
+    Off,
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    Refuse,
+}
+
+impl Scanner {
+    /// True once the scanner has stopped judging; every later byte passes.
+    pub fn is_off(&self) -> bool {
+        self.state == State::Off
+    }
+
+    /// Judges `data`, the bytes that follow everything judged so far. Bytes reported as passed
+    /// are consumed (the scanner's state moves past them); the rest must be offered again,
+    /// with more bytes after it, on the next call.
+    pub fn scan(&mut self, data: &[u8]) -> Scan {
+        let mut pos = 0;
+        loop {
+            let rest = &data[pos..];
+            if rest.is_empty() {
+                return Scan::Pass(pos);
+            }
+            match self.state {
+                State::Off => return Scan::Pass(data.len()),
+                State::Head => {
+                    // Empty lines before a request line are skipped by httparse; skip them here.
+                    let skip = rest.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                    if skip > 0 {
+                        pos += skip;
+                        continue;
+                    }
+                    let Some(end) = head_end(rest) else {
+                        if rest.len() > MAX_HEAD {
+                            self.state = State::Off;
+                        }
+                        return Scan::Pass(pos);
+                    };
+                    self.state = match judge_head(&rest[..end]) {
+                        Next::Refuse => return Scan::Refuse(pos),
+                        Next::Body(0) | Next::Head => State::Head,
+                        Next::Body(n) => State::Body(n),
+                        Next::Chunked => State::ChunkSize,
+                        Next::Off => State::Off,
+                    };
+                    pos += end;
+                }
+                State::Body(left) | State::ChunkData(left) => {
+                    let take = left.min(rest.len() as u64);
+                    pos += take as usize;
+                    self.state = match (self.state, left - take) {
+                        (State::Body(_), 0) => State::Head,
+                        (State::Body(_), n) => State::Body(n),
+                        (_, 0) => State::ChunkEnd,
+                        (_, n) => State::ChunkData(n),
+                    };
+                }
+                State::ChunkSize | State::ChunkEnd | State::Trailers => {
+                    let Some(nl) = memchr(b'\n', rest) else {
+                        if rest.len() > MAX_LINE {
+                            self.state = State::Off;
+                        }
+                        return Scan::Pass(pos);
+                    };
+                    let line = trim_cr(&rest[..nl]);
+                    pos += nl + 1;
+                    self.state = match self.state {
+                        State::ChunkSize => match chunk_size(line) {
+                            Some(0) => State::Trailers,
+                            Some(n) => State::ChunkData(n),
+                            None => State::Off,
+                        },
+                        State::ChunkEnd if line.is_empty() => State::ChunkSize,
+                        State::Trailers if line.is_empty() => State::Head,
+                        State::Trailers => State::Trailers,
+                        _ => State::Off,
+                    };
+                }
+            }
+        }
+    }
+}
+
+/// Length of the head at the start of `data` including its final empty line, once complete.
+/// Line ends may be CRLF or a bare LF, as httparse accepts both.
+fn head_end(data: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = memchr(b'\n', &data[from..]) {
+        let nl = from + i;
+        match data.get(nl + 1..) {
+            Some([b'\n', ..]) => return Some(nl + 2),
+            Some([b'\r', b'\n', ..]) => return Some(nl + 3),
+            // A CR with nothing after it yet: the head may or may not end there.
+            Some([b'\r']) | Some([]) | None => return None,
+            Some(_) => from = nl + 1,
+        }
+    }
+    None
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// What follows a complete head, from its request line and framing headers.
+fn judge_head(head: &[u8]) -> Next {
+    let mut lines = head.split(|&b| b == b'\n').map(trim_cr);
+    let request_line = lines.next().unwrap_or_default();
+    let method = request_line.split(|&b| b == b' ').next().unwrap_or_default();
+    let version = request_line.rsplit(|&b| b == b' ').next().unwrap_or_default();
+    if method == b"PRI" && version == b"HTTP/2.0" {
+        return Next::Off;
+    }
+    let mut length: Option<u64> = None;
+    let (mut chunked, mut upgrade) = (false, false);
+    for line in lines.filter(|l| !l.is_empty()) {
+        let Some(colon) = memchr(b':', line) else { return Next::Off };
+        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match parse_length(value) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                // hyper refuses these itself.
+                _ => return Next::Off,
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    if chunked && length.is_some() {
+        return Next::Refuse;
+    }
+    // After an upgrade or CONNECT the bytes are a tunnel's (if the backend agrees); hyper
+    // refuses a Transfer-Encoding that does not end in chunked, and on HTTP/1.0.
+    if upgrade || method == b"CONNECT" {
+        return Next::Off;
+    }
+    match (chunked, length) {
+        (true, _) => Next::Chunked,
+        (false, Some(n)) => Next::Body(n),
+        (false, None) => Next::Head,
+    }
+}
+
+/// A `Content-Length` value as hyper accepts it: ASCII digits only.
+fn parse_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// The size in a chunk-size line (hex, optionally followed by `;extensions` or whitespace).
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 || digits > 16 {
+        return None;
+    }
+    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scans `stream` as it would arrive in pieces of `step` bytes, holding back what is not
+    /// yet judged the way the stream wrapper does. Returns the bytes passed and whether a
+    /// head was refused.
+    fn run(stream: &[u8], step: usize) -> (Vec<u8>, bool) {
+        let mut s = Scanner::default();
+        let (mut passed, mut held) = (Vec::new(), Vec::new());
+        for piece in stream.chunks(step) {
+            held.extend_from_slice(piece);
+            match s.scan(&held) {
+                Scan::Pass(n) => {
+                    passed.extend(held.drain(..n));
+                }
+                Scan::Refuse(n) => {
+                    passed.extend(held.drain(..n));
+                    return (passed, true);
+                }
+            }
+        }
+        (passed, false)
+    }
+
+    /// Every piece size gives the same answer as the whole stream at once.
+    fn check(stream: &[u8], passed: usize, refused: bool) {
+        for step in [1, 2, 3, 7, 64, stream.len().max(1)] {
+            let (p, r) = run(stream, step);
+            assert_eq!((p.len(), r), (passed, refused), "step {step}: {:?}", String::from_utf8_lossy(stream));
+            assert_eq!(&p[..], &stream[..passed]);
+        }
+    }
+
+    #[test]
+    fn plain_gets_pass_whole_heads_only() {
+        let one = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        check(one, one.len(), false);
+        let two = [&one[..], &one[..]].concat();
+        check(&two, two.len(), false);
+        // An incomplete head is held back.
+        check(b"GET / HTTP/1.1\r\nHost: h\r\n", 0, false);
+        check(b"GET / HTTP/1.1\r\nHost: h\r\n\r", 0, false);
+        // Bare LF line ends and leading empty lines, as httparse allows.
+        let lf = b"\r\n\nGET / HTTP/1.1\nHost: h\n\n";
+        check(lf, lf.len(), false);
+    }
+
+    #[test]
+    fn content_length_with_transfer_encoding_is_refused_in_either_order() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ncontent-length: 60\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\nContent-Length: 0\r\n\r\n",
+        ] {
+            let stream = [head, b"5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"].concat();
+            check(&stream, 0, true);
+        }
+    }
+
+    #[test]
+    fn a_refused_head_after_good_requests_passes_only_those() {
+        let good = b"POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello".to_vec();
+        let chunked = b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n";
+        let bad = b"POST /c HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let stream = [&good[..], chunked, bad].concat();
+        check(&stream, good.len() + chunked.len(), true);
+    }
+
+    #[test]
+    fn body_bytes_that_look_like_a_bad_head_are_not_judged() {
+        let inner = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let body_cl =
+            [format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", inner.len()).as_bytes(), inner].concat();
+        check(&body_cl, body_cl.len(), false);
+        let body_chunked = [
+            format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", inner.len()).as_bytes(),
+            inner,
+            b"\r\n0\r\n\r\n",
+        ]
+        .concat();
+        check(&body_chunked, body_chunked.len(), false);
+    }
+
+    #[test]
+    fn scanning_stops_where_hyper_takes_over() {
+        // HTTP/2 prior knowledge, an upgrade and CONNECT: what follows is not HTTP/1.
+        let bad = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for first in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+            // Heads and chunks that hyper refuses itself.
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nNo colon here\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let stream = [first, bad].concat();
+            check(&stream, stream.len(), false);
+        }
+    }
+
+    #[test]
+    fn oversized_heads_and_lines_stop_scanning_instead_of_growing() {
+        let mut s = Scanner::default();
+        let huge = vec![b'a'; MAX_HEAD + 1];
+        assert_eq!(s.scan(&huge), Scan::Pass(0));
+        assert!(s.is_off());
+        let mut s = Scanner::default();
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(s.scan(head), Scan::Pass(head.len()));
+        assert_eq!(s.scan(&vec![b'1'; MAX_LINE + 1]), Scan::Pass(0));
+        assert!(s.is_off());
+    }
+
+    #[test]
+    fn chunk_sizes() {
+        assert_eq!(chunk_size(b"0"), Some(0));
+        assert_eq!(chunk_size(b"1aF;ext=1"), Some(0x1af));
+        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
+        assert_eq!(chunk_size(b"10000000000000000"), None);
+        assert_eq!(chunk_size(b";x"), None);
+    }
+}
