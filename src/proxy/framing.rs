@@ -102,13 +102,13 @@ impl Scanner {
                         pos += skip;
                         continue;
                     }
-                    let Some(end) = head_end(rest) else {
+                    let Some((end, next)) = scan_head(rest) else {
                         if rest.len() > MAX_HEAD {
                             self.state = State::Off;
                         }
                         return Scan::Pass(pos);
                     };
-                    self.state = match judge_head(&rest[..end]) {
+                    self.state = match next {
                         Next::Refuse => return Scan::Refuse(pos),
                         Next::Body(0) | Next::Head => State::Head,
                         Next::Body(n) => State::Body(n),
@@ -153,46 +153,42 @@ impl Scanner {
     }
 }
 
-/// Length of the head at the start of `data` including its final empty line, once complete.
-/// Line ends may be CRLF or a bare LF, as httparse accepts both.
-fn head_end(data: &[u8]) -> Option<usize> {
-    let mut from = 0;
-    while let Some(i) = memchr(b'\n', &data[from..]) {
-        let nl = from + i;
-        match data.get(nl + 1..) {
-            Some([b'\n', ..]) => return Some(nl + 2),
-            Some([b'\r', b'\n', ..]) => return Some(nl + 3),
-            // A CR with nothing after it yet: the head may or may not end there.
-            Some([b'\r']) | Some([]) | None => return None,
-            Some(_) => from = nl + 1,
-        }
-    }
-    None
-}
-
-fn trim_cr(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
-/// What follows a complete head, from its request line and framing headers.
-fn judge_head(head: &[u8]) -> Next {
-    let mut lines = head.split(|&b| b == b'\n').map(trim_cr);
-    let request_line = lines.next().unwrap_or_default();
-    let method = request_line.split(|&b| b == b' ').next().unwrap_or_default();
-    let version = request_line.rsplit(|&b| b == b' ').next().unwrap_or_default();
-    if method == b"PRI" && version == b"HTTP/2.0" {
-        return Next::Off;
-    }
+/// Judges the head at the start of `data` once it is complete: its length including the final
+/// empty line, and what follows it. `None` while the head has not ended. One pass over the
+/// lines (CRLF or bare LF ends, as httparse accepts both); a head that is still incomplete is
+/// looked at again from its start when more bytes come, which only happens when a head is split
+/// across reads.
+fn scan_head(data: &[u8]) -> Option<(usize, Next)> {
+    let first = memchr(b'\n', data)?;
+    let request_line = trim_cr(&data[..first]);
     let mut length: Option<u64> = None;
-    let (mut chunked, mut upgrade) = (false, false);
-    for line in lines.filter(|l| !l.is_empty()) {
-        let Some(colon) = memchr(b':', line) else { return Next::Off };
-        let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+    let (mut chunked, mut upgrade, mut off) = (false, false, false);
+    let mut from = first + 1;
+    loop {
+        let nl = from + memchr(b'\n', &data[from..])?;
+        let line = trim_cr(&data[from..nl]);
+        from = nl + 1;
+        if line.is_empty() {
+            break;
+        }
+        if off {
+            continue;
+        }
+        let Some(colon) = memchr(b':', line) else {
+            // hyper refuses a line without a colon itself.
+            off = true;
+            continue;
+        };
+        // Only three names matter; most lines are ruled out by their first byte.
+        if !matches!(line[0] | 0x20, b'c' | b't' | b'u') {
+            continue;
+        }
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
-            match parse_length(value) {
+            match parse_length(value.trim_ascii()) {
                 Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
                 // hyper refuses these itself.
-                _ => return Next::Off,
+                _ => off = true,
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             chunked = true;
@@ -200,19 +196,28 @@ fn judge_head(head: &[u8]) -> Next {
             upgrade = true;
         }
     }
-    if chunked && length.is_some() {
-        return Next::Refuse;
-    }
-    // After an upgrade or CONNECT the bytes are a tunnel's (if the backend agrees); hyper
-    // refuses a Transfer-Encoding that does not end in chunked, and on HTTP/1.0.
-    if upgrade || method == b"CONNECT" {
-        return Next::Off;
-    }
-    match (chunked, length) {
-        (true, _) => Next::Chunked,
-        (false, Some(n)) => Next::Body(n),
-        (false, None) => Next::Head,
-    }
+    let next = if chunked && length.is_some() {
+        Next::Refuse
+    } else if off
+        || request_line.starts_with(b"PRI ") && request_line.ends_with(b" HTTP/2.0")
+        // After an upgrade or CONNECT the bytes are a tunnel's (if the backend agrees).
+        || upgrade
+        || request_line.starts_with(b"CONNECT ")
+    {
+        Next::Off
+    } else {
+        // hyper refuses a Transfer-Encoding that does not end in chunked, and on HTTP/1.0.
+        match (chunked, length) {
+            (true, _) => Next::Chunked,
+            (false, Some(n)) => Next::Body(n),
+            (false, None) => Next::Head,
+        }
+    };
+    Some((from, next))
+}
+
+fn trim_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
 }
 
 /// A `Content-Length` value as hyper accepts it: ASCII digits only.

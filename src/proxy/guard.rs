@@ -273,7 +273,7 @@ impl Activity {
     }
 
     /// Counts `fut` (one request's handler) as in flight until it completes or is dropped.
-    pub fn track<F: Future>(&self, fut: F) -> impl Future<Output = F::Output> {
+    pub fn track<F: Future>(&self, fut: F) -> Tracked<F> {
         {
             let mut s = self.state();
             if !s.started {
@@ -282,12 +282,7 @@ impl Activity {
             }
             s.active += 1;
         }
-        let done = InFlightRequest(self.clone());
-        async move {
-            let out = fut.await;
-            drop(done);
-            out
-        }
+        Tracked { fut, _done: InFlightRequest(self.clone()) }
     }
 
     /// Resolves when the connection has outlived its deadlines: no first request within
@@ -328,6 +323,26 @@ impl Activity {
             }
             at = idle_until;
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request handler counted in [`Activity`] while it lives. A plain struct rather than an
+    /// `async` block: an async block awaiting `fut` stores it twice (as captured and as
+    /// awaited), and hyper moves this future into place once per request, so its size is
+    /// copied per request (measured: the handler future went from 6.9 KB to 3.4 KB).
+    pub struct Tracked<F> {
+        #[pin]
+        fut: F,
+        _done: InFlightRequest,
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().fut.poll(cx)
     }
 }
 
