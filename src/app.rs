@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::ServerConfig;
-use tokio::net::TcpListener;
 
 use crate::access_log::{AccessLog, Target};
 use crate::config::{self, Config, ListenerConfig, Mode, PoolConfig};
@@ -26,6 +25,7 @@ use crate::reload::Changes;
 use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;
 use crate::status::{SharedTopology, Topology};
+use crate::workers::{self, Workers};
 
 /// Why the proxy could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,8 @@ pub enum StartError {
     AccessLog { target: String, source: io::Error },
     #[error("listener {listener:?}: {source}")]
     Tls { listener: String, source: Box<crate::tls::TlsError> },
+    #[error("cannot start the worker threads: {0}")]
+    Workers(io::Error),
 }
 
 /// One bound listener.
@@ -46,8 +48,8 @@ struct ListenerSlot {
     local: SocketAddr,
     route: Route,
     runtime: Arc<ArcSwap<ListenerRuntime>>,
-    /// Shared with the accept loop, so a reload can hand the socket to another listener.
-    sock: Arc<TcpListener>,
+    /// Shared with the accept loops, so a reload can hand the socket to another listener.
+    sock: Arc<std::net::TcpListener>,
     /// Stops this listener's accept loop alone (removed or rebound on reload).
     stop: Drain,
 }
@@ -67,6 +69,8 @@ pub struct Running {
     status: SharedTopology,
     /// Held by every connection and session; triggered at shutdown.
     drain: Drain,
+    /// The data-plane threads every listener accepts on.
+    workers: Workers,
 }
 
 /// Builds a snapshot of a pool from its configuration. Backends that `prev` already has (same
@@ -137,8 +141,8 @@ fn listener_tls(l: &ListenerConfig) -> Result<Option<Arc<ServerConfig>>, StartEr
         .map_err(|source| StartError::Tls { listener: l.name.clone(), source: Box::new(source) })
 }
 
-fn bind(l: &ListenerConfig) -> Result<TcpListener, StartError> {
-    server::bind(l.bind).map_err(|source| StartError::Bind {
+fn bind(l: &ListenerConfig) -> Result<std::net::TcpListener, StartError> {
+    server::bind_std(l.bind).map_err(|source| StartError::Bind {
         what: format!("listener {:?}", l.name),
         addr: l.bind,
         source,
@@ -146,9 +150,14 @@ fn bind(l: &ListenerConfig) -> Result<TcpListener, StartError> {
 }
 
 impl Running {
-    /// Binds every listener (and the admin listener) of `config` and starts serving. Nothing
-    /// is served unless everything could be bound.
+    /// Binds every listener (and the admin listener) of `config` and starts serving on one
+    /// worker per core. Nothing is served unless everything could be bound.
     pub async fn start(config: Config) -> Result<Running, StartError> {
+        Self::start_with_workers(config, workers::default_count()).await
+    }
+
+    /// [`Running::start`] with `workers` data-plane threads (see [`crate::workers`]).
+    pub async fn start_with_workers(config: Config, workers: usize) -> Result<Running, StartError> {
         let pools: BTreeMap<String, PoolHandle> = config
             .pools
             .iter()
@@ -180,6 +189,7 @@ impl Running {
             metrics: Metrics::new(),
             status: SharedTopology::default(),
             drain: Drain::default(),
+            workers: Workers::start(workers).map_err(StartError::Workers)?,
         };
         running.metrics.set_pools(running.pools.clone());
         running.metrics.mark_loaded();
@@ -196,8 +206,13 @@ impl Running {
         Ok(running)
     }
 
-    fn spawn_listener(&mut self, cfg: ListenerConfig, sock: impl Into<Arc<TcpListener>>, extras: ListenerExtras) {
-        let sock: Arc<TcpListener> = sock.into();
+    fn spawn_listener(
+        &mut self,
+        cfg: ListenerConfig,
+        sock: impl Into<Arc<std::net::TcpListener>>,
+        extras: ListenerExtras,
+    ) {
+        let sock: Arc<std::net::TcpListener> = sock.into();
         let local = sock.local_addr().unwrap_or(cfg.bind);
         // Validation guarantees that the pool exists.
         let Some(pool) = self.pools.get(&cfg.pool) else {
@@ -207,7 +222,9 @@ impl Running {
         let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(&cfg, route.clone(), &self.metrics, extras)));
         let stop = Drain::default();
         tracing::info!(listener = %cfg.name, addr = %local, mode = cfg.mode.as_str(), pool = %cfg.pool, "listening");
-        tokio::spawn(server::accept_loop(sock.clone(), runtime.clone(), stop.signal(), self.drain.signal()));
+        for worker in self.workers.handles() {
+            worker.spawn(server::accept_loop(sock.clone(), runtime.clone(), stop.signal(), self.drain.signal()));
+        }
         self.listeners.insert(cfg.name.clone(), ListenerSlot { cfg, local, route, runtime, sock, stop });
     }
 

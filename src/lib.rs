@@ -22,6 +22,7 @@
 //! - [`reload`]: the diff between two configs, logged as the reload summary.
 //! - [`shutdown`]: the drain signal shared by accept loops, connections and sessions.
 //! - [`tls`]: rustls server configs from certificate files, SNI certificate choice.
+//! - [`workers`]: the data-plane threads, one single-threaded runtime each.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -39,3 +40,4 @@ pub mod server;
 pub mod shutdown;
 pub mod status;
 pub mod tls;
+pub mod workers;

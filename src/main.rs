@@ -27,6 +27,10 @@ struct Cli {
     /// On SIGTERM/SIGINT, how long in-flight requests and sessions may take to finish.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_timeout: Duration,
+    /// Data-plane threads (one single-threaded event loop each, like nginx's worker
+    /// processes). 0: one per CPU core.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    workers: usize,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,7 +68,9 @@ fn main() -> ExitCode {
     for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The control plane (signals, reloads, health checks, admin) needs little: one thread. The
+    // data plane runs on the workers that `Running` starts.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -100,14 +106,21 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    let mut running = match lb::app::Running::start(loaded.config.clone()).await {
+    let workers = if cli.workers == 0 { lb::workers::default_count() } else { cli.workers };
+    let mut running = match lb::app::Running::start_with_workers(loaded.config.clone(), workers).await {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(config = %cli.config.display(), "lb {} started: {}", env!("CARGO_PKG_VERSION"), loaded.config.summary());
+    tracing::info!(
+        config = %cli.config.display(),
+        workers,
+        "lb {} started: {}",
+        env!("CARGO_PKG_VERSION"),
+        loaded.config.summary()
+    );
     loop {
         tokio::select! {
             _ = term.recv() => break,

@@ -192,17 +192,41 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Accepts until `stop` (this listener removed) or `drain` (shutdown) is triggered. Each
-/// connection runs in its own task holding a permit of the connection limit and a drain signal.
-/// The socket is shared so that a reload can hand it to another listener (renamed, or
-/// addresses swapped); it closes when the last holder drops it.
+/// [`bind`], as a socket not yet tied to any runtime: each worker registers its own copy of it
+/// (see [`accept_loop`]).
+pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
+    bind(addr)?.into_std()
+}
+
+/// Accepts until `stop` (this listener removed) or `drain` (shutdown) is triggered, on the
+/// worker it runs on. Every worker runs one per listener on a duplicate of the same socket
+/// (each in its own epoll; whichever worker is free first takes a new connection). Each
+/// connection runs in its own task on this worker, holding a permit of the connection limit
+/// and a drain signal. The socket is shared so that a reload can hand it to another listener
+/// (renamed, or addresses swapped); it closes when the last holder drops it.
 pub async fn accept_loop(
-    listener: Arc<TcpListener>,
+    socket: Arc<std::net::TcpListener>,
     rt: Arc<ArcSwap<ListenerRuntime>>,
     mut stop: Signal,
     mut signal: Signal,
 ) {
     let mut last_error_log: Option<Instant> = None;
+    // A duplicate descriptor registered with this worker's reactor. Under descriptor
+    // exhaustion the duplicate may fail; back off and try again like a failed accept.
+    let listener = loop {
+        match socket.try_clone().and_then(TcpListener::from_std) {
+            Ok(l) => break l,
+            Err(e) => {
+                let name = rt.load().name.clone();
+                tokio::select! {
+                    _ = accept_backoff(&name, &e, &mut last_error_log) => continue,
+                    _ = signal.triggered() => return,
+                    _ = stop.triggered() => return,
+                }
+            }
+        }
+    };
+    drop(socket);
     loop {
         let current = rt.load_full();
         let permit = tokio::select! {

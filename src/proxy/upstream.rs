@@ -35,21 +35,42 @@ pub type UpBody = Either<super::guard::ClientBody, Empty<Bytes>>;
 /// A ready-to-use upstream connection.
 pub type Sender = SendRequest<UpBody>;
 
-/// Idle connections kept per backend; beyond this a finished connection is closed.
+/// Idle connections kept per backend and worker; beyond this a finished connection is closed.
 const MAX_IDLE_PER_BACKEND: usize = 512;
 
-/// Idle keep-alive connections of one backend. The lock is held only for a push or pop.
-#[derive(Debug, Default)]
+/// Idle keep-alive connections of one backend, kept per worker: a connection's driver task runs
+/// on the worker that opened it, so a request only takes connections of its own worker and
+/// never wakes another thread (see [`crate::workers`]). Each lock is held only for a push or
+/// pop, and only ever by one worker.
+#[derive(Debug)]
 pub struct ConnPool {
-    idle: Mutex<Vec<Sender>>,
+    idle: Box<[Mutex<Vec<Sender>>]>,
     /// What the idle connections are: 0 plain TCP, else the id of the backend's TLS settings.
     transport: AtomicU64,
 }
 
+impl Default for ConnPool {
+    fn default() -> Self {
+        ConnPool {
+            idle: (0..crate::workers::slots()).map(|_| Mutex::default()).collect(),
+            transport: AtomicU64::new(0),
+        }
+    }
+}
+
+fn lock(m: &Mutex<Vec<Sender>>) -> std::sync::MutexGuard<'_, Vec<Sender>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl ConnPool {
-    /// An idle connection that is still open, most recently used first (warmest socket).
+    fn mine(&self) -> &Mutex<Vec<Sender>> {
+        &self.idle[crate::workers::slot()]
+    }
+
+    /// An idle connection of this worker that is still open, most recently used first
+    /// (warmest socket).
     pub fn take(&self) -> Option<Sender> {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(self.mine());
         while let Some(s) = idle.pop() {
             if !s.is_closed() {
                 return Some(s);
@@ -65,7 +86,7 @@ impl ConnPool {
         if s.is_closed() || transport != self.transport.load(Ordering::Relaxed) {
             return;
         }
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let mut idle = lock(self.mine());
         if idle.len() < MAX_IDLE_PER_BACKEND {
             idle.push(s);
         }
@@ -79,13 +100,15 @@ impl ConnPool {
         }
     }
 
-    /// Closes every idle connection (used when a backend leaves the configuration).
+    /// Closes every idle connection of every worker (used when a backend leaves the
+    /// configuration).
     pub fn clear(&self) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.idle.iter().for_each(|m| lock(m).clear());
     }
 
+    /// Idle connections over all workers.
     pub fn idle_len(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.idle.iter().map(|m| lock(m).len()).sum()
     }
 }
 
