@@ -290,9 +290,24 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, si
     } else {
         (peer, local)
     };
-    let Some(acceptor) = &rt.tls else {
-        return serve_stream(stream, peer, local, rt, signal).await;
-    };
+    match &rt.tls {
+        None => serve_stream(stream, peer, local, rt, signal).await,
+        // Boxed: the TLS handshake and stream make this future more than twice as large, and
+        // every connection's task is allocated at that size (measured: 10 KB per plain
+        // connection's task before, 3.9 KB after).
+        Some(acceptor) => Box::pin(serve_tls(acceptor, stream, peer, local, rt, signal)).await,
+    }
+}
+
+/// The TLS handshake (within `handshake_timeout`), then the connection as usual.
+async fn serve_tls(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    rt: &ListenerRuntime,
+    signal: Signal,
+) {
     match tokio::time::timeout(rt.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => serve_stream(tls, peer, local, rt, signal).await,
         Ok(Err(e)) => tracing::debug!(listener = %rt.name, client = %peer, error = %e, "TLS handshake failed"),

@@ -43,6 +43,20 @@ async fn forwarding_headers_reach_the_backend() {
     assert_eq!(seen.headers["host"], "shop.example");
 }
 
+/// HTTP/1.0 allows a request without Host; HTTP/1.1, which backends get, does not. Such a
+/// request names the backend it is sent to, and gets no X-Forwarded-Host.
+#[tokio::test]
+async fn http10_request_without_host_gets_the_backend_as_host() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let resp = raw(addr, b"GET /old HTTP/1.0\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(resp.starts_with("HTTP/1.0 200"), "{resp}");
+    let seen = b.last_seen();
+    assert_eq!(seen.uri, "/old");
+    assert_eq!(seen.headers["host"], b.addr.to_string().as_str());
+    assert!(seen.headers.get("x-forwarded-host").is_none(), "{:?}", seen.headers);
+}
+
 #[tokio::test]
 async fn hop_by_hop_request_headers_are_removed() {
     let (b, lb) = one_backend().await;

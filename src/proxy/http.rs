@@ -156,6 +156,9 @@ impl HttpProxy {
         if let (false, Some(h)) = (parts.headers.contains_key(HOST), &host) {
             parts.headers.insert(HOST, h.clone());
         }
+        // An HTTP/1.0 client may send no Host at all, but backends get HTTP/1.1, where it is
+        // required: such requests name the backend they go to (as nginx does by default).
+        let needs_host = host.is_none();
         // consistent_hash: hash the request's key while the headers are still the client's
         // (`None` at no cost for every other strategy).
         let key_hash = pool.kind.request_key_hash(&parts.headers, &parts.uri, client.ip());
@@ -204,9 +207,14 @@ impl HttpProxy {
                 );
             };
             let backend = &pool.backends[idx];
-            let Some(req) = pending.take().or_else(|| replay.as_ref().map(Replay::build)) else {
+            let Some(mut req) = pending.take().or_else(|| replay.as_ref().map(Replay::build)) else {
                 return (local::bad_gateway(), None);
             };
+            if needs_host {
+                if let Ok(v) = HeaderValue::from_str(&backend.addr.to_string()) {
+                    req.headers_mut().insert(HOST, v);
+                }
+            }
             if std::mem::take(&mut retrying) {
                 self.metrics.retries.with_label_values(&[&*pool.name]).inc();
                 *retries += 1;
