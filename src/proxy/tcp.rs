@@ -106,9 +106,13 @@ where
     }
 }
 
-/// Copy buffer per direction. 16 KiB (HAProxy's default) keeps 10,000 idle sessions cheap
-/// while bulk transfers still move large reads.
+/// Copy buffer per direction to start with. 16 KiB (HAProxy's default) keeps 10,000 idle
+/// sessions cheap.
 const BUF: usize = 16 * 1024;
+
+/// A direction whose reads keep filling the buffer is a bulk transfer: its buffer doubles up to
+/// this, so that it moves more bytes per system call.
+const MAX_BUF: usize = 256 * 1024;
 
 /// Copies both ways until both sides have closed, propagating half-close, and returns the bytes
 /// (from the client, to the client). The first error ends both directions.
@@ -145,6 +149,9 @@ where
         *total += n as u64;
         if let Some(c) = counter {
             c.inc_by(n as u64);
+        }
+        if n == buf.len() && buf.len() < MAX_BUF {
+            buf.resize(buf.len() * 2, 0);
         }
     }
 }
