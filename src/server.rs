@@ -117,9 +117,11 @@ impl ListenerRuntime {
         builder
             .http1()
             .timer(TokioTimer::new())
-            // hyper starts this timer whenever it waits for a request head, including between
-            // keep-alive requests, so it also bounds how long an idle connection is kept.
-            .header_read_timeout(cfg.header_timeout.min(cfg.idle_timeout))
+            // Off: hyper's head timer also runs between keep-alive requests (so it would cut
+            // idle connections at header_timeout) and costs a timer per request. Heads are
+            // timed by the connection's stream instead, only when one arrives in pieces (see
+            // `CheckedStream` and `Activity::expired`).
+            .header_read_timeout(None)
             .max_buf_size(MAX_HEAD_BYTES)
             .max_headers(cfg.max_headers)
             .keep_alive(true);
@@ -152,7 +154,11 @@ impl ListenerRuntime {
             access_log,
             handshake_timeout: cfg.header_timeout,
             accept_proxy: cfg.accept_proxy,
-            timeouts: ConnTimeouts { first_request: cfg.header_timeout, idle: cfg.idle_timeout },
+            timeouts: ConnTimeouts {
+                first_request: cfg.header_timeout,
+                idle: cfg.idle_timeout,
+                head: cfg.header_timeout,
+            },
         }
     }
 }
@@ -369,6 +375,9 @@ where
                 expired = activity.expired(rt.timeouts) => match expired {
                     Expired::NoRequest => {
                         tracing::debug!(listener = %rt.name, client = %peer, "no request within header_timeout; closing");
+                    }
+                    Expired::SlowHead => {
+                        tracing::debug!(listener = %rt.name, client = %peer, "request head not complete within header_timeout; closing");
                     }
                     Expired::Idle => {
                         conn.as_mut().graceful_shutdown();

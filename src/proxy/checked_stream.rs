@@ -48,6 +48,9 @@ pub struct CheckedStream<S> {
     refused: bool,
     /// How much of [`ANSWER`] has been written.
     answered: usize,
+    /// An incomplete request head is held (reported to [`Activity::head_pending`], which
+    /// times it: `header_timeout`).
+    head_pending: bool,
     activity: Activity,
 }
 
@@ -61,6 +64,7 @@ impl<S> CheckedStream<S> {
             delivered: false,
             refused: false,
             answered: 0,
+            head_pending: false,
             activity,
         }
     }
@@ -76,6 +80,17 @@ impl<S: AsyncWrite + Unpin> CheckedStream<S> {
             self.answered += n;
         }
         Pin::new(&mut self.inner).poll_flush(cx)
+    }
+}
+
+impl<S> CheckedStream<S> {
+    /// Tells [`Activity`] when an incomplete head starts or stops being held.
+    fn note_head(&mut self) {
+        let pending = self.held.len() > self.ready && self.scanner.in_head();
+        if pending != self.head_pending {
+            self.head_pending = pending;
+            self.activity.head_pending(pending);
+        }
     }
 }
 
@@ -128,6 +143,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                     }
                 };
                 out.set_filled(before + passed);
+                this.note_head();
                 if passed > 0 {
                     this.delivered = true;
                     return Poll::Ready(Ok(()));
@@ -146,6 +162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                 // The client ended inside a head or line: no request can come of it. Let hyper
                 // see the bytes and the end, and answer as it does for a truncated head.
                 this.ready = this.held.len();
+                this.note_head();
                 continue;
             }
             match this.scanner.scan(&this.held) {
@@ -156,6 +173,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                     this.refused = true;
                 }
             }
+            this.note_head();
         }
     }
 }

@@ -78,6 +78,12 @@ enum Next {
 }
 
 impl Scanner {
+    /// True while the scanner expects a request head: unjudged bytes held now are the start of
+    /// one.
+    pub fn in_head(&self) -> bool {
+        self.state == State::Head
+    }
+
     /// True once the scanner has stopped judging; every later byte passes.
     pub fn is_off(&self) -> bool {
         self.state == State::Off

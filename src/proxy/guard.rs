@@ -222,6 +222,9 @@ pub struct ConnTimeouts {
     /// A connection with nothing in flight and no new request for this long is closed
     /// gracefully.
     pub idle: Duration,
+    /// An HTTP/1 request head must be complete this long after its first bytes arrived
+    /// (`header_timeout`; slowloris).
+    pub head: Duration,
 }
 
 /// Requests in flight on one connection and when the last one ended, shared between the
@@ -235,6 +238,9 @@ struct ActivityInner {
     state: Mutex<ActivityState>,
     /// Signalled once per connection, when its first request starts.
     first: Notify,
+    /// Signalled when a request head starts arriving in pieces, so that [`Activity::expired`]
+    /// looks at its deadline.
+    head: Notify,
     /// Signalled when the connection's stream refused a request head: nothing more is read,
     /// and the connection is to be shut down after the requests in flight (see
     /// [`super::checked_stream`]).
@@ -246,6 +252,9 @@ struct ActivityState {
     started: bool,
     active: usize,
     last_end: Option<Instant>,
+    /// Since when an HTTP/1 request head has been arriving without being complete (see
+    /// [`Activity::head_pending`]).
+    head_since: Option<Instant>,
 }
 
 /// What [`Activity::expired`] found.
@@ -255,11 +264,30 @@ pub enum Expired {
     NoRequest,
     /// Requests were served, but none for `idle`: shut the connection down gracefully.
     Idle,
+    /// A request head has been arriving for longer than `head` (slowloris) with nothing in
+    /// flight: drop the connection.
+    SlowHead,
 }
 
 impl Activity {
     fn state(&self) -> std::sync::MutexGuard<'_, ActivityState> {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reports that an HTTP/1 request head has started to arrive but is not complete yet
+    /// (`true`), or that it no longer is (`false`). Called by the connection's stream only when
+    /// this changes, which is only when a head is split across reads: a whole head in one read
+    /// costs no timer at all.
+    pub fn head_pending(&self, pending: bool) {
+        let mut s = self.state();
+        if pending {
+            if s.head_since.is_none() {
+                s.head_since = Some(Instant::now());
+                self.0.head.notify_one();
+            }
+        } else {
+            s.head_since = None;
+        }
     }
 
     /// Asks the task serving the connection to shut it down gracefully (idempotent).
@@ -306,22 +334,34 @@ impl Activity {
         }
         let mut at = Instant::now();
         loop {
-            tokio::time::sleep_until(at).await;
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                // A head began arriving in pieces: its deadline may come before `at`.
+                _ = self.0.head.notified() => {}
+            }
             let now = Instant::now();
             let s = self.state();
             if !s.started {
                 return Expired::NoRequest;
             }
+            let head_deadline = s.head_since.map(|since| since + t.head);
             if s.active > 0 {
-                // Busy: look again one idle period from now.
+                // Busy: look again one idle period from now (or at the head's deadline; a
+                // late head behind a request in flight is only cut once that has finished).
                 at = now + t.idle;
-                continue;
+            } else {
+                if head_deadline.is_some_and(|d| d <= now) {
+                    return Expired::SlowHead;
+                }
+                let idle_until = s.last_end.unwrap_or(opened) + t.idle;
+                if idle_until <= now {
+                    return Expired::Idle;
+                }
+                at = idle_until;
             }
-            let idle_until = s.last_end.unwrap_or(opened) + t.idle;
-            if idle_until <= now {
-                return Expired::Idle;
+            if let Some(d) = head_deadline {
+                at = at.min(d.max(now + Duration::from_millis(1)));
             }
-            at = idle_until;
         }
     }
 }
@@ -421,7 +461,11 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn activity_deadlines() {
-        let t = ConnTimeouts { first_request: Duration::from_secs(10), idle: Duration::from_secs(60) };
+        let t = ConnTimeouts {
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            head: Duration::from_secs(10),
+        };
         let a = Activity::default();
         let started = Instant::now();
         assert_eq!(a.expired(t).await, Expired::NoRequest);
@@ -442,5 +486,34 @@ mod tests {
         let ended = Instant::now();
         assert_eq!(watcher.await.unwrap(), Expired::Idle);
         assert_eq!(ended.elapsed(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_arriving_in_pieces_must_end_within_its_deadline() {
+        let t = ConnTimeouts {
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            head: Duration::from_secs(10),
+        };
+        let a = Activity::default();
+        a.track(std::future::ready(())).await;
+        let watcher = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(t).await }
+        });
+        // Idle for 30 s (longer than the head deadline, shorter than idle): kept.
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!watcher.is_finished());
+        // A head that completes in time clears its deadline.
+        a.head_pending(true);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        a.head_pending(false);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(!watcher.is_finished());
+        // One that does not is cut 10 s after it began, well before the idle deadline.
+        a.head_pending(true);
+        let began = Instant::now();
+        assert_eq!(watcher.await.unwrap(), Expired::SlowHead);
+        assert_eq!(began.elapsed(), Duration::from_secs(10));
     }
 }
