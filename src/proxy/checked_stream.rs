@@ -165,6 +165,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                 this.note_head();
                 continue;
             }
+            // A head can only end with a line end: while none arrives (a client dribbling its
+            // head), do not judge the held head again from its start.
+            let dribbling = this.scanner.in_head() && this.held.len() <= super::framing::MAX_HEAD;
+            if dribbling && memchr::memchr(b'\n', &this.held[len..]).is_none() {
+                continue;
+            }
             match this.scanner.scan(&this.held) {
                 Scan::Pass(n) => this.ready = n,
                 Scan::Refuse(n) => {

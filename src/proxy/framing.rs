@@ -18,7 +18,7 @@ use memchr::memchr;
 
 /// A head that has not ended within this many bytes is left to hyper, which answers 431 (its
 /// buffer is this size, see [`crate::server::MAX_HEAD_BYTES`]).
-const MAX_HEAD: usize = crate::server::MAX_HEAD_BYTES;
+pub const MAX_HEAD: usize = crate::server::MAX_HEAD_BYTES;
 
 /// A chunk-size or trailer line longer than this is left to hyper (which allows 16 KiB of chunk
 /// extensions per body and errors past that).
@@ -108,10 +108,14 @@ impl Scanner {
                         pos += skip;
                         continue;
                     }
-                    let Some((end, next)) = scan_head(rest) else {
-                        if rest.len() > MAX_HEAD {
-                            self.state = State::Off;
-                        }
+                    let head = scan_head(rest);
+                    // Too long, ended or not: hyper answers 431 (the same verdict however the
+                    // bytes were cut into reads).
+                    if head.as_ref().map_or(rest.len(), |(end, _)| *end) > MAX_HEAD {
+                        self.state = State::Off;
+                        return Scan::Pass(data.len());
+                    }
+                    let Some((end, next)) = head else {
                         return Scan::Pass(pos);
                     };
                     self.state = match next {
@@ -134,10 +138,12 @@ impl Scanner {
                     };
                 }
                 State::ChunkSize | State::ChunkEnd | State::Trailers => {
-                    let Some(nl) = memchr(b'\n', rest) else {
-                        if rest.len() > MAX_LINE {
-                            self.state = State::Off;
-                        }
+                    let nl = memchr(b'\n', rest);
+                    if nl.unwrap_or(rest.len()) > MAX_LINE {
+                        self.state = State::Off;
+                        return Scan::Pass(data.len());
+                    }
+                    let Some(nl) = nl else {
                         return Scan::Pass(pos);
                     };
                     let line = trim_cr(&rest[..nl]);
@@ -270,7 +276,11 @@ mod tests {
 
     /// Every piece size gives the same answer as the whole stream at once.
     fn check(stream: &[u8], passed: usize, refused: bool) {
-        for step in [1, 2, 3, 7, 64, stream.len().max(1)] {
+        check_steps(stream, passed, refused, &[1, 2, 3, 7, 64, stream.len().max(1)]);
+    }
+
+    fn check_steps(stream: &[u8], passed: usize, refused: bool, steps: &[usize]) {
+        for &step in steps {
             let (p, r) = run(stream, step);
             assert_eq!((p.len(), r), (passed, refused), "step {step}: {:?}", String::from_utf8_lossy(stream));
             assert_eq!(&p[..], &stream[..passed]);
@@ -350,13 +360,22 @@ mod tests {
     fn oversized_heads_and_lines_stop_scanning_instead_of_growing() {
         let mut s = Scanner::default();
         let huge = vec![b'a'; MAX_HEAD + 1];
-        assert_eq!(s.scan(&huge), Scan::Pass(0));
+        assert_eq!(s.scan(&huge), Scan::Pass(huge.len()));
         assert!(s.is_off());
         let mut s = Scanner::default();
         let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(s.scan(head), Scan::Pass(head.len()));
-        assert_eq!(s.scan(&vec![b'1'; MAX_LINE + 1]), Scan::Pass(0));
+        let long_line = vec![b'1'; MAX_LINE + 1];
+        assert_eq!(s.scan(&long_line), Scan::Pass(long_line.len()));
         assert!(s.is_off());
+        // A refused head longer than the limit is left to hyper (431), cut into reads or not.
+        let long_bad = [
+            &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\nX: "[..],
+            &vec![b'a'; MAX_HEAD],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        check_steps(&long_bad, long_bad.len(), false, &[1000, 4096, long_bad.len()]);
     }
 
     #[test]
