@@ -346,9 +346,14 @@ impl Activity {
             }
             let head_deadline = s.head_since.map(|since| since + t.head);
             if s.active > 0 {
-                // Busy: look again one idle period from now (or at the head's deadline; a
-                // late head behind a request in flight is only cut once that has finished).
-                at = now + t.idle;
+                // Busy: look again one idle period from now, or at the head's deadline. A late
+                // head behind a request in flight is only cut once that has finished: look
+                // again every 100 ms meanwhile (a rare case; requests do not wake this).
+                at = match head_deadline {
+                    Some(d) if d > now => (now + t.idle).min(d),
+                    Some(_) => now + Duration::from_millis(100),
+                    None => now + t.idle,
+                };
             } else {
                 if head_deadline.is_some_and(|d| d <= now) {
                     return Expired::SlowHead;
@@ -357,10 +362,7 @@ impl Activity {
                 if idle_until <= now {
                     return Expired::Idle;
                 }
-                at = idle_until;
-            }
-            if let Some(d) = head_deadline {
-                at = at.min(d.max(now + Duration::from_millis(1)));
+                at = head_deadline.map_or(idle_until, |d| d.min(idle_until));
             }
         }
     }
@@ -515,5 +517,23 @@ mod tests {
         let began = Instant::now();
         assert_eq!(watcher.await.unwrap(), Expired::SlowHead);
         assert_eq!(began.elapsed(), Duration::from_secs(10));
+
+        // Behind a request in flight, a late head is cut only once that request has finished.
+        let a = Activity::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let req = tokio::spawn(a.track(rx));
+        let watcher = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(t).await }
+        });
+        tokio::task::yield_now().await;
+        a.head_pending(true);
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!watcher.is_finished(), "cut while a request was in flight");
+        tx.send(()).unwrap();
+        req.await.unwrap().unwrap();
+        let ended = Instant::now();
+        assert_eq!(watcher.await.unwrap(), Expired::SlowHead);
+        assert!(ended.elapsed() <= Duration::from_millis(100), "{:?}", ended.elapsed());
     }
 }
