@@ -41,7 +41,7 @@ const MAX_IDLE_PER_BACKEND: usize = 512;
 /// Idle keep-alive connections of one backend, kept per worker: a connection's driver task runs
 /// on the worker that opened it, so a request only takes connections of its own worker and
 /// never wakes another thread (see [`crate::workers`]). Each lock is held only for a push or
-/// pop, and only ever by one worker.
+/// pop, by its own worker (or by a reload clearing the pool).
 #[derive(Debug)]
 pub struct ConnPool {
     idle: Box<[Mutex<Vec<Sender>>]>,
