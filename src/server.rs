@@ -4,8 +4,10 @@
 //! What can change on reload is reached through `ArcSwap`s: the listener's route (which pool it
 //! balances over) is loaded per request, the connection settings per accepted connection.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -364,13 +366,13 @@ where
                 }
                 _ = signal.triggered() => {
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    finish(conn, &activity, rt, peer).await;
                 }
                 // A refused head: answer what came before it, then the refusal, then close.
                 _ = activity.reading_stopped() => {
                     tracing::debug!(listener = %rt.name, client = %peer, "request head refused; closing");
                     conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+                    finish(conn, &activity, rt, peer).await;
                 }
                 expired = activity.expired(rt.timeouts) => match expired {
                     Expired::NoRequest => {
@@ -379,12 +381,26 @@ where
                     Expired::SlowHead => {
                         tracing::debug!(listener = %rt.name, client = %peer, "request head not complete within header_timeout; closing");
                     }
+                    Expired::Stalled => {
+                        tracing::debug!(listener = %rt.name, client = %peer, "client read nothing for idle_timeout; closing");
+                    }
                     Expired::Idle => {
                         conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
+                        finish(conn, &activity, rt, peer).await;
                     }
                 },
             }
+        }
+    }
+}
+
+/// Lets a connection that was told to shut down gracefully finish its response, unless the
+/// client stops reading it: then it is dropped after `idle_timeout` without progress.
+async fn finish<F: Future>(conn: Pin<&mut F>, activity: &Activity, rt: &ListenerRuntime, peer: SocketAddr) {
+    tokio::select! {
+        _ = conn => {}
+        _ = activity.stalled(rt.timeouts.idle) => {
+            tracing::debug!(listener = %rt.name, client = %peer, "client read nothing for idle_timeout; closing");
         }
     }
 }

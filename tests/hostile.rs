@@ -433,6 +433,31 @@ async fn header_timeout_cuts_slow_heads_but_not_idle_keep_alive_connections() {
     normal_request_is_served(addr, &b).await;
 }
 
+/// A client that sends a request and then never reads the (large) answer would hold its
+/// connection, and the backend's, for ever: it is dropped after `idle_timeout` without
+/// progress, while everyone else is served.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_idle_timeout() {
+    let (b, _lb, addr) = lb_with("idle_timeout = \"300ms\"").await;
+    // 16 MiB echoed back to a client with a small, fixed receive buffer (no autotuning): far
+    // more than the socket buffers on both sides can hold.
+    let body = vec![b'x'; 16 << 20];
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut s = socket.connect(addr).await.unwrap();
+    let head = format!("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body).await.unwrap();
+    // Not reading; meanwhile others are served.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        normal_request_is_served(addr, &b).await;
+    }
+    let r = read_all(&mut s, PATIENCE).await;
+    assert!(r.closed, "a client that stopped reading was kept");
+    assert!(r.bytes.len() < body.len(), "the whole answer was delivered: {} bytes", r.bytes.len());
+}
+
 #[tokio::test]
 async fn three_hundred_idle_connections_do_not_stop_traffic() {
     let (b, _lb, addr) = lb_with("").await;

@@ -2,6 +2,10 @@
 //! [`Scanner`] before hyper sees any byte of it, so a head hyper would accept but SPEC refuses
 //! (both `Content-Length` and `Transfer-Encoding`) never becomes a request.
 //!
+//! It also tells the connection's [`Activity`] when a head arrives in pieces (timed by
+//! `header_timeout`) and when writes to the client block (a client that stops reading is
+//! dropped after `idle_timeout`), both only on change, so that the usual request costs no timer.
+//!
 //! Bytes normally go straight from the socket into hyper's buffer and are only looked at there;
 //! they are copied into this wrapper's own buffer only when a read ends inside a head (or a
 //! chunk-size line), which is held back until it is whole.
@@ -51,6 +55,9 @@ pub struct CheckedStream<S> {
     /// An incomplete request head is held (reported to [`Activity::head_pending`], which
     /// times it: `header_timeout`).
     head_pending: bool,
+    /// The last write to the client could not proceed (reported to
+    /// [`Activity::write_blocked`], which times it: `idle_timeout`).
+    write_blocked: bool,
     activity: Activity,
 }
 
@@ -65,6 +72,7 @@ impl<S> CheckedStream<S> {
             refused: false,
             answered: 0,
             head_pending: false,
+            write_blocked: false,
             activity,
         }
     }
@@ -84,6 +92,16 @@ impl<S: AsyncWrite + Unpin> CheckedStream<S> {
 }
 
 impl<S> CheckedStream<S> {
+    /// Tells [`Activity`] when writes to the client start blocking (`Pending`) or stop
+    /// (bytes were taken). A flush that completes says nothing: on a plain socket it always
+    /// does, blocked or not.
+    fn note_write(&mut self, blocked: Option<bool>) {
+        if let Some(blocked) = blocked.filter(|b| *b != self.write_blocked) {
+            self.write_blocked = blocked;
+            self.activity.write_blocked(blocked);
+        }
+    }
+
     /// Tells [`Activity`] when an incomplete head starts or stops being held.
     fn note_head(&mut self) {
         let pending = self.held.len() > self.ready && self.scanner.in_head();
@@ -184,9 +202,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
     }
 }
 
+/// What a write's outcome says about the client reading: blocked, moving, or nothing.
+fn written(res: &Poll<io::Result<usize>>) -> Option<bool> {
+    match res {
+        Poll::Pending => Some(true),
+        Poll::Ready(Ok(n)) if *n > 0 => Some(false),
+        Poll::Ready(_) => None,
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(written(&res));
+        res
     }
 
     fn poll_write_vectored(
@@ -194,7 +223,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(written(&res));
+        res
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -202,7 +233,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        // A TLS stream may take the bytes and block only when flushing them.
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note_write(res.is_pending().then_some(true));
+        res
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -238,8 +238,8 @@ struct ActivityInner {
     state: Mutex<ActivityState>,
     /// Signalled once per connection, when its first request starts.
     first: Notify,
-    /// Signalled when a request head starts arriving in pieces, so that [`Activity::expired`]
-    /// looks at its deadline.
+    /// Signalled when a request head starts arriving in pieces, or writes to the client start
+    /// to block, so that [`Activity::expired`] looks at the new deadline.
     head: Notify,
     /// Signalled when the connection's stream refused a request head: nothing more is read,
     /// and the connection is to be shut down after the requests in flight (see
@@ -255,6 +255,9 @@ struct ActivityState {
     /// Since when an HTTP/1 request head has been arriving without being complete (see
     /// [`Activity::head_pending`]).
     head_since: Option<Instant>,
+    /// Since when the client has not taken what lb is writing to it (see
+    /// [`Activity::write_blocked`]).
+    stalled_since: Option<Instant>,
 }
 
 /// What [`Activity::expired`] found.
@@ -267,6 +270,9 @@ pub enum Expired {
     /// A request head has been arriving for longer than `head` (slowloris) with nothing in
     /// flight: drop the connection.
     SlowHead,
+    /// The client has not read anything of what lb writes to it for `idle`, even though a
+    /// response is in flight: drop the connection (and the request with it).
+    Stalled,
 }
 
 impl Activity {
@@ -287,6 +293,44 @@ impl Activity {
             }
         } else {
             s.head_since = None;
+        }
+    }
+
+    /// Reports that a write to the client could not proceed (`true`: its receive window and
+    /// lb's send buffer are full), or that one went through again (`false`). Called by the
+    /// connection's stream only when this changes; writes to a client that reads never block.
+    pub fn write_blocked(&self, blocked: bool) {
+        let mut s = self.state();
+        if blocked {
+            if s.stalled_since.is_none() {
+                s.stalled_since = Some(Instant::now());
+                self.0.head.notify_one();
+            }
+        } else {
+            s.stalled_since = None;
+        }
+    }
+
+    /// Resolves once writes to the client have been blocked for `idle` without a break (see
+    /// [`Activity::write_blocked`]). For a connection that is finishing its last response after
+    /// a graceful shutdown: [`Activity::expired`] has returned by then.
+    pub async fn stalled(&self, idle: Duration) {
+        loop {
+            let deadline = self.state().stalled_since.map(|since| since + idle);
+            tokio::select! {
+                _ = async {
+                    match deadline {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now = Instant::now();
+                    if self.state().stalled_since.is_some_and(|since| since + idle <= now) {
+                        return;
+                    }
+                }
+                _ = self.0.head.notified() => {}
+            }
         }
     }
 
@@ -345,6 +389,12 @@ impl Activity {
                 return Expired::NoRequest;
             }
             let head_deadline = s.head_since.map(|since| since + t.head);
+            // A client that stopped reading holds its response (and the backend connection)
+            // for ever unless cut: after `idle` without progress, whatever is in flight.
+            let stall_deadline = s.stalled_since.map(|since| since + t.idle);
+            if stall_deadline.is_some_and(|d| d <= now) {
+                return Expired::Stalled;
+            }
             if s.active > 0 {
                 // Busy: look again one idle period from now, or at the head's deadline. A late
                 // head behind a request in flight is only cut once that has finished: look
@@ -363,6 +413,9 @@ impl Activity {
                     return Expired::Idle;
                 }
                 at = head_deadline.map_or(idle_until, |d| d.min(idle_until));
+            }
+            if let Some(d) = stall_deadline {
+                at = at.min(d);
             }
         }
     }
@@ -517,6 +570,27 @@ mod tests {
         let began = Instant::now();
         assert_eq!(watcher.await.unwrap(), Expired::SlowHead);
         assert_eq!(began.elapsed(), Duration::from_secs(10));
+
+        // A client that stops reading is cut after `idle`, even with a request in flight; one
+        // whose writes go through again is not.
+        let a = Activity::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let req = tokio::spawn(a.track(rx));
+        let watcher = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(t).await }
+        });
+        tokio::task::yield_now().await;
+        a.write_blocked(true);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        a.write_blocked(false);
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        assert!(!watcher.is_finished(), "cut although the client kept reading");
+        a.write_blocked(true);
+        let stalled = Instant::now();
+        assert_eq!(watcher.await.unwrap(), Expired::Stalled);
+        assert_eq!(stalled.elapsed(), Duration::from_secs(60));
+        drop((tx, req));
 
         // Behind a request in flight, a late head is cut only once that request has finished.
         let a = Activity::default();
