@@ -222,8 +222,9 @@ impl Running {
         let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(&cfg, route.clone(), &self.metrics, extras)));
         let stop = Drain::default();
         tracing::info!(listener = %cfg.name, addr = %local, mode = cfg.mode.as_str(), pool = %cfg.pool, "listening");
-        for worker in self.workers.handles() {
-            worker.spawn(server::accept_loop(sock.clone(), runtime.clone(), stop.signal(), self.drain.signal()));
+        for (i, worker) in self.workers.handles().iter().enumerate() {
+            let share = server::WorkerShare { index: i, load: self.workers.load().clone() };
+            worker.spawn(server::accept_loop(sock.clone(), runtime.clone(), share, stop.signal(), self.drain.signal()));
         }
         self.listeners.insert(cfg.name.clone(), ListenerSlot { cfg, local, route, runtime, sock, stop });
     }

@@ -215,6 +215,7 @@ pub fn bind_std(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 pub async fn accept_loop(
     socket: Arc<std::net::TcpListener>,
     rt: Arc<ArcSwap<ListenerRuntime>>,
+    share: WorkerShare,
     mut stop: Signal,
     mut signal: Signal,
 ) {
@@ -236,6 +237,12 @@ pub async fn accept_loop(
     };
     drop(socket);
     loop {
+        // Leave the next connection to a less loaded worker, if there is one.
+        tokio::select! {
+            _ = share.load.wait_turn(share.index) => {}
+            _ = signal.triggered() => return,
+            _ = stop.triggered() => return,
+        }
         let current = rt.load_full();
         let permit = tokio::select! {
             p = current.limit.clone().acquire_owned() => match p {
@@ -260,11 +267,19 @@ pub async fn accept_loop(
         // connection must get the new settings (certificates, timeouts).
         let current = rt.load_full();
         let sig = signal.clone();
+        let on_worker = share.load.opened(share.index);
         tokio::spawn(async move {
             serve(stream, peer, &current, sig).await;
-            drop(permit);
+            drop((permit, on_worker));
         });
     }
+}
+
+/// Which worker an accept loop runs on, and every worker's connection count (see
+/// [`crate::workers::Load`]).
+pub struct WorkerShare {
+    pub index: usize,
+    pub load: Arc<crate::workers::Load>,
 }
 
 /// Accept errors (EMFILE, ENFILE, ENOBUFS, ECONNABORTED...) must not turn into a busy loop:
