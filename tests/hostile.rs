@@ -433,6 +433,35 @@ async fn header_timeout_cuts_slow_heads_but_not_idle_keep_alive_connections() {
     normal_request_is_served(addr, &b).await;
 }
 
+/// A response that streams for longer than `idle_timeout` is activity, not idleness: the
+/// connection stays open for the next request afterwards.
+#[tokio::test]
+async fn a_long_response_keeps_its_connection_alive() {
+    let (b, _lb, addr) = lb_with("idle_timeout = \"300ms\"").await;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("first;") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("no first chunk").unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // The body is still on its way for more than three idle timeouts.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    b.release();
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(PATIENCE, s.read(&mut buf)).await.expect("no end").unwrap();
+        assert!(n > 0, "closed before the end: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(!text.contains("connection: close"), "{text}");
+    s.write_all(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+    assert!(read_one_response(&mut s).await.starts_with("HTTP/1.1 200"), "keep-alive lost");
+    assert_eq!(b.last_seen().uri, "/next");
+}
+
 /// A client that sends a request and then never reads the (large) answer would hold its
 /// connection, and the backend's, for ever: it is dropped after `idle_timeout` without
 /// progress, while everyone else is served.

@@ -344,7 +344,8 @@ impl Activity {
         self.0.stop.notified().await;
     }
 
-    /// Counts `fut` (one request's handler) as in flight until it completes or is dropped.
+    /// Counts `fut` (one request's handler) as in flight until it completes or is dropped, and
+    /// then its response body until that has been sent or dropped.
     pub fn track<F: Future>(&self, fut: F) -> Tracked<F> {
         {
             let mut s = self.state();
@@ -354,7 +355,7 @@ impl Activity {
             }
             s.active += 1;
         }
-        Tracked { fut, _done: InFlightRequest(self.clone()) }
+        Tracked { fut, done: Some(InFlightRequest(self.clone())) }
     }
 
     /// Resolves when the connection has outlived its deadlines: no first request within
@@ -422,22 +423,62 @@ impl Activity {
 }
 
 pin_project_lite::pin_project! {
-    /// A request handler counted in [`Activity`] while it lives. A plain struct rather than an
-    /// `async` block: an async block awaiting `fut` stores it twice (as captured and as
-    /// awaited), and hyper moves this future into place once per request, so its size is
-    /// copied per request (measured: the handler future went from 6.9 KB to 3.4 KB).
+    /// A request handler counted in [`Activity`] while it lives, and its response body after
+    /// it (see [`ActiveBody`]). A plain struct rather than an `async` block: an async block
+    /// awaiting `fut` stores it twice (as captured and as awaited), and hyper moves this future
+    /// into place once per request, so its size is copied per request (measured: the handler
+    /// future went from 6.9 KB to 3.4 KB).
     pub struct Tracked<F> {
         #[pin]
         fut: F,
-        _done: InFlightRequest,
+        done: Option<InFlightRequest>,
     }
 }
 
-impl<F: Future> Future for Tracked<F> {
-    type Output = F::Output;
+impl<F, B, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ActiveBody<B>>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.project().fut.poll(cx)
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = std::task::ready!(this.fut.poll(cx));
+        let done = this.done.take();
+        Poll::Ready(res.map(|resp| resp.map(|inner| ActiveBody { inner, done })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted in [`Activity`] until it has been sent
+    /// (or dropped): a long download is activity, not idleness, so `idle_timeout` does not end
+    /// its connection's keep-alive.
+    pub struct ActiveBody<B> {
+        #[pin]
+        inner: B,
+        done: Option<InFlightRequest>,
+    }
+}
+
+impl<B: Body> Body for ActiveBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.done.take();
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -514,6 +555,42 @@ mod tests {
         assert_eq!(Refusal::BodyTooLarge.response(Version::HTTP_10).status(), 413);
     }
 
+    /// A request handler that answers (with an empty body) once `rx` fires or is dropped.
+    async fn answer_when(
+        rx: tokio::sync::oneshot::Receiver<()>,
+    ) -> Result<Response<http_body_util::Empty<Bytes>>, std::convert::Infallible> {
+        let _ = rx.await;
+        Ok(Response::new(http_body_util::Empty::new()))
+    }
+
+    fn ready_now() -> tokio::sync::oneshot::Receiver<()> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(());
+        rx
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_body_being_sent_is_activity() {
+        let t = ConnTimeouts {
+            first_request: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+            head: Duration::from_secs(10),
+        };
+        let a = Activity::default();
+        let resp = a.track(answer_when(ready_now())).await.unwrap();
+        let watcher = tokio::spawn({
+            let a = a.clone();
+            async move { a.expired(t).await }
+        });
+        // The handler has returned, but its body is still on its way: not idle.
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        assert!(!watcher.is_finished(), "idle while a response body was being sent");
+        drop(resp);
+        let ended = Instant::now();
+        assert_eq!(watcher.await.unwrap(), Expired::Idle);
+        assert_eq!(ended.elapsed(), Duration::from_secs(60));
+    }
+
     #[tokio::test(start_paused = true)]
     async fn activity_deadlines() {
         let t = ConnTimeouts {
@@ -528,7 +605,7 @@ mod tests {
 
         let a = Activity::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let req = tokio::spawn(a.track(rx));
+        let req = tokio::spawn(a.track(answer_when(rx)));
         let watcher = tokio::spawn({
             let a = a.clone();
             async move { a.expired(t).await }
@@ -551,7 +628,7 @@ mod tests {
             head: Duration::from_secs(10),
         };
         let a = Activity::default();
-        a.track(std::future::ready(())).await;
+        drop(a.track(answer_when(ready_now())).await);
         let watcher = tokio::spawn({
             let a = a.clone();
             async move { a.expired(t).await }
@@ -575,7 +652,7 @@ mod tests {
         // whose writes go through again is not.
         let a = Activity::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let req = tokio::spawn(a.track(rx));
+        let req = tokio::spawn(a.track(answer_when(rx)));
         let watcher = tokio::spawn({
             let a = a.clone();
             async move { a.expired(t).await }
@@ -595,7 +672,7 @@ mod tests {
         // Behind a request in flight, a late head is cut only once that request has finished.
         let a = Activity::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let req = tokio::spawn(a.track(rx));
+        let req = tokio::spawn(a.track(answer_when(rx)));
         let watcher = tokio::spawn({
             let a = a.clone();
             async move { a.expired(t).await }
