@@ -22,9 +22,11 @@
 //! (hyper drops the `Content-Length` before the proxy sees the head); it is refused earlier, on
 //! the byte stream, by [`super::checked_stream`].
 //!
-//! [`Activity`] bounds the time before a connection's first request (hyper's own header timer
-//! starts only once it knows the protocol, so a client that sends nothing would otherwise be
-//! kept for ever) and the time an HTTP/2 connection may sit without requests.
+//! [`Activity`] holds a connection's deadlines, all checked by one sleeping task per
+//! connection rather than a timer per request: the first request (`header_timeout`), a request
+//! head arriving in pieces (`header_timeout`, reported by the client stream), a connection
+//! with nothing in flight (`idle_timeout`; a response body still being sent counts as in
+//! flight) and a client that stops reading (`idle_timeout` without a byte taken).
 
 use std::error::Error as StdError;
 use std::fmt;
