@@ -232,7 +232,7 @@ impl Rates {
         (delta as f64 / secs * 100.0).round() / 100.0
     }
 
-    /// Samples every [`SAMPLE_EVERY`] until the drain is triggered.
+    /// Samples every `SAMPLE_EVERY` until the drain is triggered.
     pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, mut signal: Signal) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -61,7 +61,7 @@ impl Load {
         Load { open: (0..workers).map(|_| AtomicUsize::new(0)).collect(), changed: Notify::new() }
     }
 
-    /// Waits until worker `me` is not ahead of the least loaded worker by more than [`SLACK`].
+    /// Waits until worker `me` is not ahead of the least loaded worker by more than `SLACK`.
     /// Meanwhile the others take the new connections (every worker is woken for each).
     pub async fn wait_turn(&self, me: usize) {
         loop {

@@ -10,7 +10,7 @@
 //!
 //! The scanner only has to be right where hyper would accept the bytes: where hyper will refuse
 //! them itself (a malformed head, a bad chunk size, a second different length) the scanner stops
-//! judging ([`State::Off`]) and hyper answers `400` and closes. It also stops after an
+//! judging (`State::Off`) and hyper answers `400` and closes. It also stops after an
 //! `Upgrade`/`CONNECT` head (what follows is a tunnel, not HTTP) and for HTTP/2 with prior
 //! knowledge (the `PRI * HTTP/2.0` preface).
 
