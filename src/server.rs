@@ -62,6 +62,8 @@ pub struct ListenerRuntime {
     accept_proxy: bool,
     /// Time to the first request, and how long a connection may sit without one.
     timeouts: ConnTimeouts,
+    /// Header lines allowed per HTTP/1 request head (more: `431`, answered by lb).
+    max_headers: usize,
 }
 
 /// What a listener needs beyond its configuration, prepared by the caller before anything is
@@ -161,6 +163,7 @@ impl ListenerRuntime {
                 idle: cfg.idle_timeout,
                 head: cfg.header_timeout,
             },
+            max_headers: cfg.max_headers,
         }
     }
 }
@@ -219,7 +222,6 @@ pub async fn accept_loop(
     mut stop: Signal,
     mut signal: Signal,
 ) {
-    let mut last_error_log: Option<Instant> = None;
     // A duplicate descriptor registered with this worker's reactor. Under descriptor
     // exhaustion the duplicate may fail; back off and try again like a failed accept.
     let listener = loop {
@@ -228,7 +230,7 @@ pub async fn accept_loop(
             Err(e) => {
                 let name = rt.load().name.clone();
                 tokio::select! {
-                    _ = accept_backoff(&name, &e, &mut last_error_log) => continue,
+                    _ = accept_backoff(&name, &e) => continue,
                     _ = signal.triggered() => return,
                     _ = stop.triggered() => return,
                 }
@@ -256,7 +258,7 @@ pub async fn accept_loop(
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    accept_backoff(&current.name, &e, &mut last_error_log).await;
+                    accept_backoff(&current.name, &e).await;
                     continue;
                 }
             },
@@ -283,12 +285,21 @@ pub struct WorkerShare {
 }
 
 /// Accept errors (EMFILE, ENFILE, ENOBUFS, ECONNABORTED...) must not turn into a busy loop:
-/// wait a little, and log at most once a second.
-async fn accept_backoff(listener: &str, e: &io::Error, last: &mut Option<Instant>) {
+/// wait a little, and log at most once a second. The limit is per process, not per accept
+/// loop: every worker runs one per listener, and descriptor exhaustion hits them all at once.
+async fn accept_backoff(listener: &str, e: &io::Error) {
+    static LAST_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
     let now = Instant::now();
-    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
+    let log = {
+        let mut last = LAST_LOG.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1));
+        if due {
+            *last = Some(now);
+        }
+        due
+    };
+    if log {
         tracing::warn!(listener, error = %e, "accept failed; backing off");
-        *last = Some(now);
     }
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
@@ -370,7 +381,7 @@ where
             let svc = hyper::service::service_fn(move |req| {
                 requests.track(proxy.clone().handle(req, peer, client_ip.clone()))
             });
-            let stream = CheckedStream::new(stream, activity.clone());
+            let stream = CheckedStream::new(stream, activity.clone(), rt.max_headers);
             let conn = rt.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
             tokio::pin!(conn);
             tokio::select! {

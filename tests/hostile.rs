@@ -270,6 +270,8 @@ async fn heads_over_64_kib_or_too_many_headers_get_431() {
         let r = send(addr, bytes.as_bytes()).await;
         assert_eq!(r.status(), 431, "{what}: {}", r.text());
         assert!(r.closed, "{what}");
+        assert!(r.head().contains("content-type: text/plain"), "{what}: {}", r.head());
+        assert!(r.text().ends_with("\r\n\r\n431 Request Header Fields Too Large\n"), "{what}: {}", r.text());
         assert_eq!(b.hits(), 1, "{what} reached the backend");
         normal_request_is_served(addr, &b).await;
         b.hits.store(1, Ordering::SeqCst);

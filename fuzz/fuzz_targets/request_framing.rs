@@ -21,7 +21,7 @@ fn run(stream: &[u8], step: usize) -> (usize, bool) {
                 passed += n;
                 held.drain(..n);
             }
-            Scan::Refuse(n) => {
+            Scan::Refuse(n, _) => {
                 assert!(n <= held.len());
                 return (passed + n, true);
             }

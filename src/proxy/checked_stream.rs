@@ -10,8 +10,9 @@
 //! they are copied into this wrapper's own buffer only when a read ends inside a head (or a
 //! chunk-size line), which is held back until it is whole.
 //!
-//! A refused head is answered with `400` and the connection is closed, after whatever came
-//! before it on the connection:
+//! A refused head is answered (`400`, or `431` for a head over 64 KiB or with more than
+//! `max_headers` lines) and the connection is closed, after whatever came before it on the
+//! connection:
 //! - nothing was handed to hyper yet (the usual case): the answer is written here and hyper is
 //!   told the client has gone (end of stream), so it closes without a request;
 //! - earlier requests were (pipelined): hyper is never given the refused head, the serving task
@@ -24,16 +25,31 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::framing::{Scan, Scanner};
+use super::framing::{Refusal, Scan, Scanner};
 use super::guard::Activity;
 
-/// The answer to a refused head.
-const ANSWER: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+/// The answer to a head with both `Content-Length` and `Transfer-Encoding`.
+const SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
 content-type: text/plain; charset=utf-8\r\n\
 content-length: 59\r\n\
 connection: close\r\n\
 \r\n\
 400 Bad Request: both Content-Length and Transfer-Encoding\n";
+
+/// The answer to a head over 64 KiB or with more than `max_headers` lines.
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+content-length: 36\r\n\
+connection: close\r\n\
+\r\n\
+431 Request Header Fields Too Large\n";
+
+fn answer(why: Refusal) -> &'static [u8] {
+    match why {
+        Refusal::Smuggling => SMUGGLING,
+        Refusal::TooLarge => TOO_LARGE,
+    }
+}
 
 /// Read size when reading into the held-back buffer.
 const READ_CHUNK: usize = 8 * 1024;
@@ -48,9 +64,9 @@ pub struct CheckedStream<S> {
     ready: usize,
     /// Whether hyper has been handed any byte: until then no request can be in flight.
     delivered: bool,
-    /// A head was refused; nothing after it is read.
-    refused: bool,
-    /// How much of [`ANSWER`] has been written.
+    /// A head was refused, with this answer; nothing after it is read.
+    refused: Option<&'static [u8]>,
+    /// How much of the answer has been written.
     answered: usize,
     /// An incomplete request head is held (reported to [`Activity::head_pending`], which
     /// times it: `header_timeout`).
@@ -62,14 +78,15 @@ pub struct CheckedStream<S> {
 }
 
 impl<S> CheckedStream<S> {
-    pub fn new(inner: S, activity: Activity) -> Self {
+    /// `max_headers`: header lines allowed per request head (more: `431`).
+    pub fn new(inner: S, activity: Activity, max_headers: usize) -> Self {
         CheckedStream {
             inner,
-            scanner: Scanner::default(),
+            scanner: Scanner::new(max_headers),
             held: Vec::new(),
             ready: 0,
             delivered: false,
-            refused: false,
+            refused: None,
             answered: 0,
             head_pending: false,
             write_blocked: false,
@@ -80,8 +97,9 @@ impl<S> CheckedStream<S> {
 
 impl<S: AsyncWrite + Unpin> CheckedStream<S> {
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.answered < ANSWER.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &ANSWER[self.answered..]))?;
+        let answer = self.refused.unwrap_or_default();
+        while self.answered < answer.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[self.answered..]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -131,7 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                 this.delivered = true;
                 return Poll::Ready(Ok(()));
             }
-            if this.refused {
+            if this.refused.is_some() {
                 if !this.delivered {
                     ready!(this.poll_answer(cx))?;
                     // End of stream: hyper closes a connection that never had a request.
@@ -155,8 +173,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                         this.held.extend_from_slice(&new[n..]);
                         n
                     }
-                    Scan::Refuse(n) => {
-                        this.refused = true;
+                    Scan::Refuse(n, why) => {
+                        this.refused = Some(answer(why));
                         n
                     }
                 };
@@ -191,10 +209,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
             }
             match this.scanner.scan(&this.held) {
                 Scan::Pass(n) => this.ready = n,
-                Scan::Refuse(n) => {
+                Scan::Refuse(n, why) => {
                     this.held.truncate(n);
                     this.ready = n;
-                    this.refused = true;
+                    this.refused = Some(answer(why));
                 }
             }
             this.note_head();
@@ -241,7 +259,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.refused {
+        if this.refused.is_some() {
             // Hyper has finished what came before the refused head; the answer goes last.
             ready!(this.poll_answer(cx))?;
         }
@@ -254,9 +272,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_answer_declares_its_body_length() {
-        let text = std::str::from_utf8(ANSWER).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
+    fn the_answers_declare_their_body_length() {
+        for answer in [SMUGGLING, TOO_LARGE] {
+            let text = std::str::from_utf8(answer).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
+        }
     }
 }

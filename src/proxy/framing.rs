@@ -8,6 +8,9 @@
 //! judges it, and skips the body by its framing (`Content-Length` bytes, or chunks up to the last
 //! one and its trailers) to find the next head.
 //!
+//! It also refuses heads over 64 KiB or with more header lines than `max_headers` (`431`),
+//! so that those get lb's own answer too.
+//!
 //! The scanner only has to be right where hyper would accept the bytes: where hyper will refuse
 //! them itself (a malformed head, a bad chunk size, a second different length) the scanner stops
 //! judging (`State::Off`) and hyper answers `400` and closes. It also stops after an
@@ -31,7 +34,16 @@ pub enum Scan {
     /// that must be seen whole before it can be judged. Scan it again with more bytes after it.
     Pass(usize),
     /// The first `n` bytes may be handed on; the request head that starts there is refused.
-    Refuse(usize),
+    Refuse(usize, Refusal),
+}
+
+/// Why a head is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Both `Content-Length` and `Transfer-Encoding` (`400`).
+    Smuggling,
+    /// Longer than 64 KiB, or more header lines than `max_headers` (`431`).
+    TooLarge,
 }
 
 /// Where in the request stream the scanner is.
@@ -57,11 +69,14 @@ enum State {
 #[derive(Debug)]
 pub struct Scanner {
     state: State,
+    /// Header lines allowed per head (`max_headers`).
+    max_headers: usize,
 }
 
 impl Default for Scanner {
+    /// With 100 header lines allowed, `max_headers`' default.
     fn default() -> Self {
-        Scanner { state: State::Head }
+        Scanner::new(100)
     }
 }
 
@@ -73,11 +88,16 @@ enum Next {
     Head,
     /// Stop judging (tunnel, HTTP/2, or something hyper refuses itself).
     Off,
-    /// Both `Content-Length` and `Transfer-Encoding`.
-    Refuse,
+    /// Refused (see [`Refusal`]).
+    Refuse(Refusal),
 }
 
 impl Scanner {
+    /// A scanner for a new connection, allowing `max_headers` header lines per head.
+    pub fn new(max_headers: usize) -> Self {
+        Scanner { state: State::Head, max_headers }
+    }
+
     /// True while the scanner expects a request head: unjudged bytes held now are the start of
     /// one.
     pub fn in_head(&self) -> bool {
@@ -108,18 +128,17 @@ impl Scanner {
                         pos += skip;
                         continue;
                     }
-                    let head = scan_head(rest);
-                    // Too long, ended or not: hyper answers 431 (the same verdict however the
-                    // bytes were cut into reads).
+                    let head = scan_head(rest, self.max_headers);
+                    // Too long, ended or not (the same verdict however the bytes were cut into
+                    // reads).
                     if head.as_ref().map_or(rest.len(), |(end, _)| *end) > MAX_HEAD {
-                        self.state = State::Off;
-                        return Scan::Pass(data.len());
+                        return Scan::Refuse(pos, Refusal::TooLarge);
                     }
                     let Some((end, next)) = head else {
                         return Scan::Pass(pos);
                     };
                     self.state = match next {
-                        Next::Refuse => return Scan::Refuse(pos),
+                        Next::Refuse(why) => return Scan::Refuse(pos, why),
                         Next::Body(0) | Next::Head => State::Head,
                         Next::Body(n) => State::Body(n),
                         Next::Chunked => State::ChunkSize,
@@ -170,11 +189,12 @@ impl Scanner {
 /// lines (CRLF or bare LF ends, as httparse accepts both); a head that is still incomplete is
 /// looked at again from its start when more bytes come, which only happens when a head is split
 /// across reads.
-fn scan_head(data: &[u8]) -> Option<(usize, Next)> {
+fn scan_head(data: &[u8], max_headers: usize) -> Option<(usize, Next)> {
     let first = memchr(b'\n', data)?;
     let request_line = trim_cr(&data[..first]);
     let mut length: Option<u64> = None;
     let (mut chunked, mut upgrade, mut off) = (false, false, false);
+    let mut lines = 0;
     let mut from = first + 1;
     loop {
         let nl = from + memchr(b'\n', &data[from..])?;
@@ -183,6 +203,7 @@ fn scan_head(data: &[u8]) -> Option<(usize, Next)> {
         if line.is_empty() {
             break;
         }
+        lines += 1;
         if off {
             continue;
         }
@@ -208,8 +229,10 @@ fn scan_head(data: &[u8]) -> Option<(usize, Next)> {
             upgrade = true;
         }
     }
-    let next = if chunked && length.is_some() {
-        Next::Refuse
+    let next = if lines > max_headers {
+        Next::Refuse(Refusal::TooLarge)
+    } else if chunked && length.is_some() {
+        Next::Refuse(Refusal::Smuggling)
     } else if off
         || request_line.starts_with(b"PRI ") && request_line.ends_with(b" HTTP/2.0")
         // After an upgrade or CONNECT the bytes are a tunnel's (if the backend agrees).
@@ -265,7 +288,7 @@ mod tests {
                 Scan::Pass(n) => {
                     passed.extend(held.drain(..n));
                 }
-                Scan::Refuse(n) => {
+                Scan::Refuse(n, _) => {
                     passed.extend(held.drain(..n));
                     return (passed, true);
                 }
@@ -357,25 +380,28 @@ mod tests {
     }
 
     #[test]
-    fn oversized_heads_and_lines_stop_scanning_instead_of_growing() {
+    fn oversized_heads_are_refused_and_long_lines_stop_scanning() {
         let mut s = Scanner::default();
         let huge = vec![b'a'; MAX_HEAD + 1];
-        assert_eq!(s.scan(&huge), Scan::Pass(huge.len()));
-        assert!(s.is_off());
+        assert_eq!(s.scan(&huge), Scan::Refuse(0, Refusal::TooLarge));
         let mut s = Scanner::default();
         let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(s.scan(head), Scan::Pass(head.len()));
         let long_line = vec![b'1'; MAX_LINE + 1];
         assert_eq!(s.scan(&long_line), Scan::Pass(long_line.len()));
         assert!(s.is_off());
-        // A refused head longer than the limit is left to hyper (431), cut into reads or not.
+        // A head longer than the limit is refused as such, cut into reads or not.
         let long_bad = [
             &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\nX: "[..],
             &vec![b'a'; MAX_HEAD],
             b"\r\n\r\n",
         ]
         .concat();
-        check_steps(&long_bad, long_bad.len(), false, &[1000, 4096, long_bad.len()]);
+        check_steps(&long_bad, 0, true, &[1000, 4096, long_bad.len()]);
+        // Header lines are counted against max_headers.
+        let mut s = Scanner::new(2);
+        assert_eq!(s.scan(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n"), Scan::Pass(30));
+        assert_eq!(s.scan(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"), Scan::Refuse(0, Refusal::TooLarge));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Hostile input: what a client may not send, and how long it may take to send anything.
 //!
 //! hyper's HTTP/1 parser already refuses most malformed heads itself, answering with an empty
-//! `400` (or `431`, `414`) and closing the connection before the proxy sees a request: two
-//! different `Content-Length`s (or a list, or a non-number), `Transfer-Encoding` on HTTP/1.0, a
-//! final transfer coding other than `chunked` (`xchunked`), bare CR, NUL or obs-folded lines in
-//! a header, whitespace before a header's colon, a head over the buffer limit or with more
-//! headers than allowed. HTTP/2 (the h2 crate) resets streams that carry connection-specific
+//! `400` (or `414`) and closing the connection before the proxy sees a request: two different
+//! `Content-Length`s (or a list, or a non-number), `Transfer-Encoding` on HTTP/1.0, a final
+//! transfer coding other than `chunked` (`xchunked`), bare CR, NUL or obs-folded lines in a
+//! header, whitespace before a header's colon. Heads over 64 KiB or with more lines than
+//! `max_headers` are refused (`431`) on the byte stream, with lb's text, by
+//! [`super::checked_stream`]. HTTP/2 (the h2 crate) resets streams that carry connection-specific
 //! headers or invalid values. What gets through and is refused here, before anything reaches a
 //! backend:
 //!
