@@ -243,7 +243,7 @@ struct ActivityInner {
     first: Notify,
     /// Signalled when a request head starts arriving in pieces, or writes to the client start
     /// to block, so that [`Activity::expired`] looks at the new deadline.
-    head: Notify,
+    new_deadline: Notify,
     /// Signalled when the connection's stream refused a request head: nothing more is read,
     /// and the connection is to be shut down after the requests in flight (see
     /// [`super::checked_stream`]).
@@ -288,29 +288,26 @@ impl Activity {
     /// this changes, which is only when a head is split across reads: a whole head in one read
     /// costs no timer at all.
     pub fn head_pending(&self, pending: bool) {
-        let mut s = self.state();
-        if pending {
-            if s.head_since.is_none() {
-                s.head_since = Some(Instant::now());
-                self.0.head.notify_one();
-            }
-        } else {
-            s.head_since = None;
-        }
+        self.mark(pending, |s| &mut s.head_since);
     }
 
     /// Reports that a write to the client could not proceed (`true`: its receive window and
     /// lb's send buffer are full), or that one went through again (`false`). Called by the
     /// connection's stream only when this changes; writes to a client that reads never block.
     pub fn write_blocked(&self, blocked: bool) {
+        self.mark(blocked, |s| &mut s.stalled_since);
+    }
+
+    /// Starts (`on`, keeping an earlier start) or clears the timestamp `field` picks, and wakes
+    /// [`Activity::expired`] to look at the new deadline.
+    fn mark(&self, on: bool, field: impl FnOnce(&mut ActivityState) -> &mut Option<Instant>) {
         let mut s = self.state();
-        if blocked {
-            if s.stalled_since.is_none() {
-                s.stalled_since = Some(Instant::now());
-                self.0.head.notify_one();
-            }
-        } else {
-            s.stalled_since = None;
+        let since = field(&mut s);
+        if !on {
+            *since = None;
+        } else if since.is_none() {
+            *since = Some(Instant::now());
+            self.0.new_deadline.notify_one();
         }
     }
 
@@ -332,7 +329,7 @@ impl Activity {
                         return;
                     }
                 }
-                _ = self.0.head.notified() => {}
+                _ = self.0.new_deadline.notified() => {}
             }
         }
     }
@@ -385,7 +382,7 @@ impl Activity {
             tokio::select! {
                 _ = tokio::time::sleep_until(at) => {}
                 // A head began arriving in pieces: its deadline may come before `at`.
-                _ = self.0.head.notified() => {}
+                _ = self.0.new_deadline.notified() => {}
             }
             let now = Instant::now();
             let s = self.state();
@@ -558,6 +555,18 @@ mod tests {
         assert_eq!(Refusal::BodyTooLarge.response(Version::HTTP_10).status(), 413);
     }
 
+    const T: ConnTimeouts = ConnTimeouts {
+        first_request: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        head: Duration::from_secs(10),
+    };
+
+    /// Waits, in a task of its own, for `a`'s connection to outlive its deadlines ([`T`]).
+    fn watch(a: &Activity) -> tokio::task::JoinHandle<Expired> {
+        let a = a.clone();
+        tokio::spawn(async move { a.expired(T).await })
+    }
+
     /// A request handler that answers (with an empty body) once `rx` fires or is dropped.
     async fn answer_when(
         rx: tokio::sync::oneshot::Receiver<()>,
@@ -574,17 +583,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_response_body_being_sent_is_activity() {
-        let t = ConnTimeouts {
-            first_request: Duration::from_secs(10),
-            idle: Duration::from_secs(60),
-            head: Duration::from_secs(10),
-        };
         let a = Activity::default();
         let resp = a.track(answer_when(ready_now())).await.unwrap();
-        let watcher = tokio::spawn({
-            let a = a.clone();
-            async move { a.expired(t).await }
-        });
+        let watcher = watch(&a);
         // The handler has returned, but its body is still on its way: not idle.
         tokio::time::sleep(Duration::from_secs(300)).await;
         assert!(!watcher.is_finished(), "idle while a response body was being sent");
@@ -596,23 +597,15 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn activity_deadlines() {
-        let t = ConnTimeouts {
-            first_request: Duration::from_secs(10),
-            idle: Duration::from_secs(60),
-            head: Duration::from_secs(10),
-        };
         let a = Activity::default();
         let started = Instant::now();
-        assert_eq!(a.expired(t).await, Expired::NoRequest);
+        assert_eq!(a.expired(T).await, Expired::NoRequest);
         assert_eq!(started.elapsed(), Duration::from_secs(10));
 
         let a = Activity::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let req = tokio::spawn(a.track(answer_when(rx)));
-        let watcher = tokio::spawn({
-            let a = a.clone();
-            async move { a.expired(t).await }
-        });
+        let watcher = watch(&a);
         // In flight for 5 minutes: never expires meanwhile.
         tokio::time::sleep(Duration::from_secs(300)).await;
         assert!(!watcher.is_finished());
@@ -625,17 +618,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_head_arriving_in_pieces_must_end_within_its_deadline() {
-        let t = ConnTimeouts {
-            first_request: Duration::from_secs(10),
-            idle: Duration::from_secs(60),
-            head: Duration::from_secs(10),
-        };
         let a = Activity::default();
         drop(a.track(answer_when(ready_now())).await);
-        let watcher = tokio::spawn({
-            let a = a.clone();
-            async move { a.expired(t).await }
-        });
+        let watcher = watch(&a);
         // Idle for 30 s (longer than the head deadline, shorter than idle): kept.
         tokio::time::sleep(Duration::from_secs(30)).await;
         assert!(!watcher.is_finished());
@@ -656,10 +641,7 @@ mod tests {
         let a = Activity::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let req = tokio::spawn(a.track(answer_when(rx)));
-        let watcher = tokio::spawn({
-            let a = a.clone();
-            async move { a.expired(t).await }
-        });
+        let watcher = watch(&a);
         tokio::task::yield_now().await;
         a.write_blocked(true);
         tokio::time::sleep(Duration::from_secs(50)).await;
@@ -676,10 +658,7 @@ mod tests {
         let a = Activity::default();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let req = tokio::spawn(a.track(answer_when(rx)));
-        let watcher = tokio::spawn({
-            let a = a.clone();
-            async move { a.expired(t).await }
-        });
+        let watcher = watch(&a);
         tokio::task::yield_now().await;
         a.head_pending(true);
         tokio::time::sleep(Duration::from_secs(20)).await;
