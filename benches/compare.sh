@@ -13,22 +13,18 @@
 # p50/p99 latency (median), RSS after the runs, and the ratio lb / best other.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
 SECS=${1:-10}
 ROUNDS=${2:-3}
 shift $(( $# > 2 ? 2 : $# )) || true
 CONNS=("${@:-64 256}")
 read -r -a CONNS <<< "${CONNS[*]}"
 
-for tool in nginx haproxy wrk; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nginx haproxy wrk" >&2; exit 1; }
-done
-LB=target/release/lb
-[ -x "$LB" ] || { echo "missing $LB: cargo build --release" >&2; exit 1; }
+need_tools "nginx haproxy wrk" nginx haproxy wrk
+need_lb
 
-W=$(mktemp -d /tmp/lb-compare.XXXXXX)
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; sleep 0.3; rm -rf "$W"; }
-trap cleanup EXIT
+workdir compare
 
 B1=18081 B2=18082 P_NGINX=18090 P_HAPROXY=18091 P_LB=18092
 
@@ -108,13 +104,12 @@ done
 rss() { ps -o rss= --ppid "$1" --pid "$1" | awk '{s+=$1} END {print s}'; }
 # "12.34us" / "1.2ms" / "2s" -> microseconds
 to_us() { awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else if (v ~ /s$/) print n*1000000; else print n }'; }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 declare -A NAME=([nginx]=$P_NGINX [haproxy]=$P_HAPROXY [lb]=$P_LB)
 declare -A PIDOF=([nginx]=$NGINX_PID [haproxy]=$HAPROXY_PID [lb]=$LB_PID)
 ORDER=(lb nginx haproxy)
 
-echo "# $(date -u +%Y-%m-%d) $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo)"
+machine_line
 echo "# wrk -t1 -c{${CONNS[*]}} -d${SECS}s, $ROUNDS rounds, alternating order; medians"
 printf "%-8s %6s %12s %10s %10s %9s\n" proxy conns "req/s" "p50(ms)" "p99(ms)" "RSS(MB)"
 for c in "${CONNS[@]}"; do

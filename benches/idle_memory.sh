@@ -22,16 +22,15 @@
 # The targets lb should meet: idle <= 20 MB, <= 30 KB per idle connection at 10,000.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
 CONNS=${1:-10000}
 CONC=${2:-100}
 [[ $CONNS =~ ^[1-9][0-9]*$ && $CONC =~ ^[1-9][0-9]*$ ]] \
   || { echo "usage: $0 [connections] [concurrency]  (positive integers)" >&2; exit 2; }
 
-for tool in nginx haproxy python3 curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nginx haproxy python3 curl" >&2; exit 1; }
-done
-LB=target/release/lb
-[ -x "$LB" ] || { echo "missing $LB: cargo build --release" >&2; exit 1; }
+need_tools "nginx haproxy python3 curl" nginx haproxy python3 curl
+need_lb
 
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 NOFILE=$(ulimit -n)
@@ -39,15 +38,7 @@ NOFILE=$(ulimit -n)
   || { echo "ulimit -n is $NOFILE (hard $(ulimit -Hn)); $CONNS connections need $(( CONNS + 1000 ))" >&2; exit 1; }
 MAXCONN=$(( CONNS * 2 > 20000 ? CONNS * 2 : 20000 ))
 
-W=$(mktemp -d /tmp/lb-idle-mem.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+workdir idle-mem
 
 B1=18120 B2=18121 P_LB=18122 P_NGINX=18123 P_HAPROXY=18124
 
@@ -214,7 +205,7 @@ for px in "${ORDER[@]}"; do
   sleep 1   # let the proxy close its side before the next one is measured
 done
 
-echo "# $(date -u +%Y-%m-%d) $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo)"
+machine_line
 echo "# $CONNS idle keep-alive connections after one GET each (<= $CONC busy at once), ulimit -n $NOFILE"
 printf "%-8s %10s %12s %9s %8s %12s\n" proxy "idle(MB)" "at-N(MB)" "KB/conn" "fds@N" "still-open"
 for px in "${ORDER[@]}"; do

@@ -18,6 +18,8 @@
 # proxy's processes, 10 ms resolution) and the ratio lb/HAProxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
 ROUNDS=${1:-3}
 MIB=${2:-1024}
 STREAMS=${3:-1}
@@ -25,21 +27,10 @@ STREAMS=${3:-1}
   || { echo "usage: $0 [rounds] [MiB] [streams]  (positive integers)" >&2; exit 2; }
 (( MIB % STREAMS == 0 )) || { echo "MiB ($MIB) must be a multiple of streams ($STREAMS)" >&2; exit 2; }
 
-for tool in haproxy python3; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nginx haproxy python3" >&2; exit 1; }
-done
-LB=target/release/lb
-[ -x "$LB" ] || { echo "missing $LB: cargo build --release" >&2; exit 1; }
+need_tools "nginx haproxy python3" haproxy python3
+need_lb
 
-W=$(mktemp -d /tmp/lb-tcp-bulk.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+workdir tcp-bulk
 
 P_SRC=18100 P_LB=18101 P_HAPROXY=18102 P_NGINX=18103
 BYTES=$(( MIB * 1024 * 1024 ))
@@ -173,7 +164,6 @@ ticks() {
   echo "$t"
 }
 HZ=$(getconf CLK_TCK)
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 
 # One transfer; prints "MiB/s cpu-s-per-GiB", fails on a short or long byte count.
 run() {
@@ -194,7 +184,7 @@ for px in "${ORDER[@]}"; do
     || { echo "$px: warm-up transfer failed" >&2; exit 1; }
 done
 
-echo "# $(date -u +%Y-%m-%d) $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo)"
+machine_line
 echo "# $MIB MiB per transfer over $STREAMS connection(s), $ROUNDS rounds, rotating order; medians"
 declare -A MBS=() CPU=()
 for ((r = 0; r < ROUNDS; r++)); do

@@ -21,27 +21,18 @@
 # comparison of the proxies themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/common.sh
+. benches/common.sh
 SECS=${1:-10}
 ROUNDS=${2:-3}
 CLIENTS=${3:-4}
 [[ $SECS =~ ^[1-9][0-9]*$ && $ROUNDS =~ ^[1-9][0-9]*$ && $CLIENTS =~ ^[1-9][0-9]*$ ]] \
   || { echo "usage: $0 [seconds-per-run] [rounds] [clients]  (positive integers)" >&2; exit 2; }
 
-for tool in nginx openssl curl; do
-  command -v "$tool" >/dev/null || { echo "missing $tool: apt-get install -y nginx openssl curl" >&2; exit 1; }
-done
-LB=target/release/lb
-[ -x "$LB" ] || { echo "missing $LB: cargo build --release" >&2; exit 1; }
+need_tools "nginx openssl curl" nginx openssl curl
+need_lb
 
-W=$(mktemp -d /tmp/lb-tls-hs.XXXXXX)
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+workdir tls-hs
 
 B_LB=18110 B_NGINX=18111 P_LB=18112 P_NGINX=18113
 
@@ -124,7 +115,6 @@ ticks() {
   echo "$t"
 }
 HZ=$(getconf CLK_TCK)
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 # s_time sends "GET <page> HTTP/1.0\r\n\r\n", without Host. lb (at the time of writing) forwards
 # that as HTTP/1.1 without Host, which the nginx backend answers 400, so smuggle a Host header
 # in through the page: the request becomes GET / HTTP/1.0, Host: localhost, X-Pad: "x HTTP/1.0".
@@ -166,7 +156,7 @@ run() {
   awk -v r="$rate" -v c=$(( t1 - t0 )) -v hz="$HZ" -v n="$n" 'BEGIN {printf "%s %.3f %d\n", r, c / hz * 1000 / n, n}'
 }
 
-echo "# $(date -u +%Y-%m-%d) $(nproc) cores, $(awk '/model name/ {$1=$2=$3=""; print; exit}' /proc/cpuinfo)"
+machine_line
 echo "# $CLIENTS x openssl s_time -new -www / -time $SECS, ECDSA P-256, $ROUNDS rounds, alternating order; medians"
 declare -A HS=() CPU=()
 for ((r = 0; r < ROUNDS; r++)); do

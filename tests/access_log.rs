@@ -81,6 +81,8 @@ async fn http_requests_and_tcp_sessions_are_logged_with_exact_fields() {
     assert_eq!(field(&line, "backend"), Some("a"), "{line}");
     assert_eq!(field(&line, "bytes_in"), Some("54"));
     assert_eq!(field(&line, "bytes_out").map(|b| b.parse::<usize>().unwrap()), Some(reply.len()));
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
