@@ -289,6 +289,8 @@ async fn probe_loop(handle: PoolHandle, addr: SocketAddr, cfg: HealthConfig) {
             Ok(r) => r,
             Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
         };
+        // Idle connections the backend closed since the last tick are let go (see ConnPool::sweep).
+        backend.conns().sweep();
         let h = backend.health();
         let transitioned = match &outcome {
             Ok(()) => {

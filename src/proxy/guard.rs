@@ -188,8 +188,8 @@ impl Body for ClientBody {
 
 /// When an upstream exchange failed because of the client's body (too large, or cut short),
 /// the refusal to answer with; `None` when the backend side failed.
-pub fn client_fault(err: &hyper::Error) -> Option<Refusal> {
-    let mut cause: Option<&(dyn StdError + 'static)> = err.source();
+pub fn client_fault(err: &(dyn StdError + 'static)) -> Option<Refusal> {
+    let mut cause: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cause {
         match e.downcast_ref::<ClientBodyError>() {
             Some(ClientBodyError::TooLarge) => return Some(Refusal::BodyTooLarge),

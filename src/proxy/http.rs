@@ -18,15 +18,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{request, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
 use tokio::time::{timeout_at, Instant};
 
 use super::guard;
+use super::h1_client::OwnBody;
 use super::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop};
 use super::local;
-use super::upstream::{connect, ConnectError, Sender, UpBody, UpstreamBody};
+use super::upstream::{connect, connect_own, BodyError, ConnectError, Sender, UpBody, UpstreamBody};
 use crate::access_log::{AccessLog, HttpEntry};
 use crate::balance::{PickCtx, TryTimer};
 use crate::health;
@@ -56,26 +57,18 @@ enum TryFailure {
     Connect(ConnectError),
     /// The request may have been (partly) written; `stale` when it went out on a reused pooled
     /// connection that the backend had closed, which says nothing about the backend's health.
-    Sent { error: hyper::Error, stale: bool },
+    Sent { error: BodyError, stale: bool },
     /// No response head within `request_timeout`.
     Timeout,
 }
 
-/// What is needed to send a bodiless request again.
-struct Replay {
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-}
-
-impl Replay {
-    fn build(&self) -> Request<UpBody> {
-        let mut r = Request::new(Either::Right(Empty::new()));
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        r
-    }
+/// How the request goes out. A bodiless request that asks for no upgrade is written by lb's own
+/// client from its head, which every try can use again (see `h1_client`). A request with a body,
+/// or an upgrade, goes through hyper's client; it can be tried again only while hyper hands it
+/// back unsent.
+enum Outgoing {
+    Head(request::Parts),
+    Streamed(Option<Request<UpBody>>),
 }
 
 fn is_idempotent(m: &Method) -> bool {
@@ -174,19 +167,21 @@ impl HttpProxy {
         parts.version = Version::HTTP_11;
 
         let bodiless = body.is_end_stream();
-        // Kept even with `retries = 0`: replaying on a fresh connection after a stale pooled one
-        // is not a retry on another backend.
-        let replay = (bodiless && !upgrade && is_idempotent(&parts.method)).then(|| Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            headers: parts.headers.clone(),
-        });
-        let body: UpBody = if bodiless {
-            Either::Right(Empty::new())
+        let idempotent = is_idempotent(&parts.method);
+        let mut outgoing = if bodiless && !upgrade && parts.method != Method::CONNECT {
+            Outgoing::Head(parts)
         } else {
-            Either::Left(guard::ClientBody::new(body, self.limits.max_body_bytes))
+            let body: UpBody = if bodiless {
+                Either::Right(Empty::new())
+            } else {
+                Either::Left(guard::ClientBody::new(body, self.limits.max_body_bytes))
+            };
+            Outgoing::Streamed(Some(Request::from_parts(parts, body)))
         };
-        let mut pending = Some(Request::from_parts(parts, body));
+        // A stale pooled connection (or a failed try) may replay only idempotent bodiless heads.
+        let replayable_head = matches!(outgoing, Outgoing::Head(_)) && idempotent;
+        let host_for =
+            |backend: &Backend| needs_host.then(|| HeaderValue::from_str(&backend.addr.to_string()).ok()).flatten();
 
         let mut tried: Vec<usize> = Vec::new();
         let mut stale_retry_used = false;
@@ -207,14 +202,6 @@ impl HttpProxy {
                 );
             };
             let backend = &pool.backends[idx];
-            let Some(mut req) = pending.take().or_else(|| replay.as_ref().map(Replay::build)) else {
-                return (local::bad_gateway(), None);
-            };
-            if needs_host {
-                if let Ok(v) = HeaderValue::from_str(&backend.addr.to_string()) {
-                    req.headers_mut().insert(HOST, v);
-                }
-            }
             if std::mem::take(&mut retrying) {
                 self.metrics.retries.with_label_values(&[&*pool.name]).inc();
                 *retries += 1;
@@ -222,30 +209,61 @@ impl HttpProxy {
             let in_flight = pool.acquire(idx);
             // least_time: this try's time to the response head feeds the backend's estimate.
             let timer = TryTimer::start(pool.kind);
-            match exchange(pool, backend, req).await {
-                Ok((mut resp, sender)) => {
+            let result = match &mut outgoing {
+                Outgoing::Head(parts) => match exchange_own(pool, backend, parts, host_for(backend).as_ref()).await {
+                    Ok((rp, body)) => Ok(Answer::Own(rp, body)),
+                    Err((failure, unsent)) => Err((failure, unsent)),
+                },
+                Outgoing::Streamed(pending) => {
+                    let Some(mut req) = pending.take() else {
+                        return (local::bad_gateway(), None);
+                    };
+                    if let Some(h) = host_for(backend) {
+                        req.headers_mut().insert(HOST, h);
+                    }
+                    match exchange(pool, backend, req).await {
+                        Ok((resp, sender)) => Ok(Answer::Hyper(resp, sender)),
+                        Err((failure, unsent)) => {
+                            let back = unsent.is_some();
+                            *pending = unsent;
+                            Err((failure, back))
+                        }
+                    }
+                }
+            };
+            match result {
+                Ok(answer) => {
                     backend.health().record_answer();
                     // A 5xx counts as a failure for least_time: failing fast must not look fast.
-                    if resp.status().is_server_error() {
+                    if answer.status().is_server_error() {
                         timer.failed(backend, pool.settings.request_timeout);
                     } else {
                         timer.succeeded(backend);
                     }
-                    if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                        let backend_upgrade = hyper::upgrade::on(&mut resp);
-                        if let Some(client_upgrade) = client_upgrade {
-                            tokio::spawn(super::tcp::tunnel_upgraded(client_upgrade, backend_upgrade, in_flight));
-                        }
-                        let (mut rp, _) = resp.into_parts();
-                        strip_hop_by_hop(&mut rp.headers, true);
-                        let answered = Response::from_parts(rp, Either::Right(Full::default()));
-                        return (answered, Some(backend.clone()));
-                    }
-                    let (mut rp, rbody) = resp.into_parts();
-                    strip_hop_by_hop(&mut rp.headers, false);
-                    let reuse = (!upgrade).then_some(sender);
                     let duration = backend.metrics().duration.with_label_values(&[&*self.listener]);
-                    let body = UpstreamBody::new(rbody, reuse, in_flight, (duration, started));
+                    let (mut rp, body) = match answer {
+                        Answer::Own(rp, body) => (rp, UpstreamBody::own(body, in_flight, (duration, started))),
+                        Answer::Hyper(mut resp, sender) => {
+                            if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                                let backend_upgrade = hyper::upgrade::on(&mut resp);
+                                if let Some(client_upgrade) = client_upgrade {
+                                    tokio::spawn(super::tcp::tunnel_upgraded(
+                                        client_upgrade,
+                                        backend_upgrade,
+                                        in_flight,
+                                    ));
+                                }
+                                let (mut rp, _) = resp.into_parts();
+                                strip_hop_by_hop(&mut rp.headers, true);
+                                let answered = Response::from_parts(rp, Either::Right(Full::default()));
+                                return (answered, Some(backend.clone()));
+                            }
+                            let (rp, rbody) = resp.into_parts();
+                            let reuse = (!upgrade).then_some(sender);
+                            (rp, UpstreamBody::hyper(rbody, reuse, in_flight, (duration, started)))
+                        }
+                    };
+                    strip_hop_by_hop(&mut rp.headers, false);
                     return (Response::from_parts(rp, Either::Left(body)), Some(backend.clone()));
                 }
                 Err((failure, unsent)) => {
@@ -259,7 +277,7 @@ impl HttpProxy {
                                 health::passive_failure(pool, backend, "connect failed");
                             }
                         }
-                        TryFailure::Sent { error, stale: true } if !stale_retry_used && replay.is_some() => {
+                        TryFailure::Sent { error, stale: true } if !stale_retry_used && replayable_head => {
                             // The backend closed an idle pooled connection as we reused it. Not
                             // a backend fault: replay once on a fresh connection to the same one.
                             tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "stale upstream connection; replaying");
@@ -268,7 +286,7 @@ impl HttpProxy {
                             continue;
                         }
                         TryFailure::Sent { error, .. } => {
-                            if let Some(refusal) = guard::client_fault(&error) {
+                            if let Some(refusal) = guard::client_fault(&*error) {
                                 // The client's body broke off or outgrew max_body_bytes: the
                                 // client's fault, not the backend's, and nothing to retry.
                                 tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "request body failed");
@@ -285,14 +303,59 @@ impl HttpProxy {
                     // least_time: a failed try counts as one that took request_timeout (the
                     // stale-connection replay above is not the backend's fault and skips this).
                     timer.failed(backend, pool.settings.request_timeout);
-                    pending = unsent;
                     tried.push(idx);
-                    let replayable = pending.is_some() || replay.is_some();
+                    let replayable = unsent || replayable_head;
                     if attempts > pool.settings.retries as usize || !replayable {
                         return (if last_timed_out { local::gateway_timeout() } else { local::bad_gateway() }, None);
                     }
                     retrying = true;
                 }
+            }
+        }
+    }
+}
+
+/// A backend's response head, from either client.
+enum Answer {
+    Own(http::response::Parts, OwnBody),
+    Hyper(Response<Incoming>, Sender),
+}
+
+impl Answer {
+    fn status(&self) -> StatusCode {
+        match self {
+            Answer::Own(parts, _) => parts.status,
+            Answer::Hyper(resp, _) => resp.status(),
+        }
+    }
+}
+
+/// One try at one backend with lb's own client: a pooled or new connection, the head, the
+/// response head. On failure, says whether the request provably never left the proxy.
+async fn exchange_own(
+    pool: &Pool,
+    backend: &Backend,
+    parts: &request::Parts,
+    host: Option<&HeaderValue>,
+) -> Result<(http::response::Parts, OwnBody), (TryFailure, bool)> {
+    let deadline = Instant::now() + pool.settings.request_timeout;
+    loop {
+        let (conn, reused) = match backend.conns().take_own() {
+            Some(c) => (c, true),
+            // Boxed for the same reason as in `exchange`.
+            None => match Box::pin(connect_own(backend.addr, backend.tls(), pool.settings.connect_timeout)).await {
+                Ok(c) => (c, false),
+                Err(e) => return Err((TryFailure::Connect(e), true)),
+            },
+        };
+        match timeout_at(deadline, conn.exchange(parts, host)).await {
+            Err(_) => return Err((TryFailure::Timeout, false)),
+            Ok(Ok(answer)) => return Ok(answer),
+            // Refused before a byte was taken: the next connection may be fine.
+            Ok(Err(f)) if f.unsent && reused => continue,
+            Ok(Err(f)) => {
+                let stale = reused && f.no_answer;
+                return Err((TryFailure::Sent { error: f.error.into(), stale }, f.unsent));
             }
         }
     }
@@ -330,8 +393,10 @@ async fn exchange(
             Ok(Err(mut e)) => match e.take_message() {
                 // Never written: safe to send again on another connection.
                 Some(back) if reused => req = back,
-                Some(back) => return Err((TryFailure::Sent { error: e.into_error(), stale: false }, Some(back))),
-                None => return Err((TryFailure::Sent { error: e.into_error(), stale: reused }, None)),
+                Some(back) => {
+                    return Err((TryFailure::Sent { error: e.into_error().into(), stale: false }, Some(back)))
+                }
+                None => return Err((TryFailure::Sent { error: e.into_error().into(), stale: reused }, None)),
             },
         }
     }

@@ -2,6 +2,7 @@
 //!
 //! - `headers`: hop-by-hop removal and X-Forwarded-* (pure functions).
 //! - `upstream`: per-backend keep-alive connection pool and the streamed response body.
+//! - `h1_client`: lb's own HTTP/1.1 client for bodiless requests (the hot path).
 //! - `http`: one request → pick, forward, retry, answer; WebSocket tunnels.
 //! - `tcp`: one connection → pick, connect (with failover), copy bytes both ways.
 //! - `local`: the short text/plain answers the proxy gives itself (400, 502, 503, 504).
@@ -15,6 +16,7 @@
 pub mod checked_stream;
 pub mod framing;
 pub mod guard;
+pub mod h1_client;
 pub mod headers;
 pub mod http;
 pub mod local;
