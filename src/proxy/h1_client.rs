@@ -273,6 +273,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(response
                 };
                 return Ok(None);
             }
+            // A read can bring in a whole head larger than the limit at once.
+            httparse::Status::Complete(len) if len > MAX_HEAD => return Err(Error::Head("head over 64 KiB")),
             httparse::Status::Complete(len) => len,
         };
         buf.extend_from_slice(&all[len..]);
@@ -657,6 +659,9 @@ mod tests {
         assert!(head(format!("HTTP/1.1 200 OK\r\n{many}\r\n").as_bytes(), false).is_err());
         // The same length twice is one length.
         assert!(head(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n", false).is_ok());
+        // A whole head over 64 KiB, read at once.
+        let big = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+        assert!(matches!(head(big.as_bytes(), false), Err(Error::Head("head over 64 KiB"))));
     }
 
     #[test]
