@@ -27,6 +27,7 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TR
 use http::{request, response, HeaderMap, Method, Response, StatusCode, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use super::headers::{self, Forwarded};
 use super::upstream_tls::BackendStream;
 
 /// Largest response head accepted from a backend (as for client heads).
@@ -124,14 +125,16 @@ impl H1Conn {
         self
     }
 
-    /// Sends a bodiless request head (with `host` added when given) and reads the response
-    /// head. On success the connection moves into the returned body.
+    /// Sends a bodiless request head (with `host` added when given, hop-by-hop headers left
+    /// out and forwarding headers added) and reads the response head, hop-by-hop headers left
+    /// out. On success the connection moves into the returned body.
     pub async fn exchange(
         mut self,
         parts: &request::Parts,
         host: Option<&HeaderValue>,
+        fwd: &Forwarded,
     ) -> Result<(response::Parts, OwnBody), Failed> {
-        let head = encode_request(parts, host);
+        let head = encode_request(parts, host, fwd);
         let mut written = 0;
         while written < head.len() {
             let res = std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_write(cx, &head[written..])).await;
@@ -203,11 +206,13 @@ impl From<httparse::Error> for Failed {
     }
 }
 
-/// The request head as bytes: request line in origin form, then the headers as they are.
-fn encode_request(parts: &request::Parts, host: Option<&HeaderValue>) -> Vec<u8> {
+/// The request head as bytes: request line in origin form, `host` when the client sent none,
+/// then the client's headers without hop-by-hop ones and with the forwarding headers (see
+/// [`headers::for_each_forwarded`]).
+fn encode_request(parts: &request::Parts, host: Option<&HeaderValue>, fwd: &Forwarded) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let method = parts.method.as_str();
-    let mut len = method.len() + target.len() + 16;
+    let mut len = method.len() + target.len() + 96 + fwd.host.as_ref().map_or(0, HeaderValue::len);
     for (name, value) in &parts.headers {
         len += name.as_str().len() + value.len() + 4;
     }
@@ -220,19 +225,17 @@ fn encode_request(parts: &request::Parts, host: Option<&HeaderValue>) -> Vec<u8>
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(h) = host {
-        put_header(&mut out, HOST.as_str(), h);
+        put_header(&mut out, &HOST, h.as_bytes());
     }
-    for (name, value) in &parts.headers {
-        put_header(&mut out, name.as_str(), value);
-    }
+    headers::for_each_forwarded(&parts.headers, fwd, |name, value| put_header(&mut out, name, value));
     out.extend_from_slice(b"\r\n");
     out
 }
 
-fn put_header(out: &mut Vec<u8>, name: &str, value: &HeaderValue) {
-    out.extend_from_slice(name.as_bytes());
+fn put_header(out: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
-    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -289,6 +292,12 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(response
         let version = if parsed.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
         let status = StatusCode::from_u16(code).map_err(|_| Error::Head("bad status"))?;
         let count = parsed.headers.len();
+        // Hop-by-hop headers (and those Connection names) are left out here rather than removed
+        // from the map afterwards, as strip_hop_by_hop would.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for h in parsed.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+            named.extend(headers::named_in(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii)));
+        }
         let mut map = HeaderMap::with_capacity(count);
         let mut length: Option<u64> = None;
         let mut te: Option<bool> = None; // Some(final coding is chunked)
@@ -312,7 +321,9 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(response
                     keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
                 }
             }
-            map.append(name, value);
+            if !headers::is_hop_by_hop(&name) && !named.contains(&name) {
+                map.append(name, value);
+            }
         }
         let (mut parts, ()) = Response::new(()).into_parts();
         parts.status = status;
@@ -669,7 +680,10 @@ mod tests {
         let req = http::Request::get("http://example.com/a?b=1").header("x-one", "1").header("x-two", "2").body(());
         let (parts, ()) = req.unwrap().into_parts();
         let host = HeaderValue::from_static("10.0.0.1:80");
-        let out = encode_request(&parts, Some(&host));
-        assert_eq!(out, b"GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-one: 1\r\nx-two: 2\r\n\r\n");
+        let fwd = Forwarded { client: HeaderValue::from_static("192.0.2.7"), proto: "http", host: None };
+        let out = String::from_utf8(encode_request(&parts, Some(&host), &fwd)).unwrap();
+        let want = "GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-one: 1\r\nx-two: 2\r\n\
+                    x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\r\n";
+        assert_eq!(out, want);
     }
 }

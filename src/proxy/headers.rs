@@ -39,6 +39,34 @@ fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers.get_all(header::CONNECTION).iter().flat_map(|v| v.as_bytes().split(|&b| b == b',')).map(<[u8]>::trim_ascii)
 }
 
+/// True for a header that is always connection-specific (not counting those `Connection`
+/// names).
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    hop_by_hop_index(name).is_some()
+}
+
+/// The index of a name in [`HOP_BY_HOP`]; the names' lengths rule out most headers before any
+/// comparison.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) {
+        return None;
+    }
+    HOP_BY_HOP.iter().position(|h| h == name)
+}
+
+/// The headers `Connection` names beyond the fixed hop-by-hop list (`keep-alive` and `close`
+/// name nothing more). Empty, without allocating, in the common case.
+fn connection_named(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> {
+    named_in(connection_tokens(headers)).filter(|n| !(keep_upgrade && n == header::UPGRADE)).collect()
+}
+
+/// The header names among `Connection` tokens beyond `keep-alive` and `close`.
+pub fn named_in<'a>(tokens: impl Iterator<Item = &'a [u8]> + 'a) -> impl Iterator<Item = HeaderName> + 'a {
+    tokens
+        .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+}
+
 /// Removes hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
 /// `Upgrade` survives and `Connection` is rewritten to exactly `upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -47,25 +75,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // request for the seven removals before).
     let mut present = [false; 7];
     for name in headers.keys() {
-        // The names' lengths rule out most headers before any comparison.
-        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16 | 17) {
-            continue;
-        }
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
         }
     }
-    // Names listed in Connection go first, while the header is still there. Collecting is only
-    // needed in the rare case that Connection names something beyond the fixed list.
+    // Names listed in Connection go first, while the header is still there.
     if present[0] {
-        // `keep-alive` and `close` (what backends usually send) name nothing beyond the fixed
-        // list, so the common case allocates nothing.
-        let named: Vec<HeaderName> = connection_tokens(headers)
-            .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
-            .filter_map(|t| HeaderName::from_bytes(t).ok())
-            .filter(|n| !(keep_upgrade && n == header::UPGRADE))
-            .collect();
-        for name in named {
+        for name in connection_named(headers, keep_upgrade) {
             headers.remove(name);
         }
     }
@@ -131,6 +147,56 @@ pub fn add_forwarding_value(
         None => {
             headers.remove(&X_FORWARDED_HOST);
         }
+    }
+}
+
+/// What a request forwarded by lb's own client says about its client: the values
+/// [`add_forwarding_value`] would set.
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The client's address as an `X-Forwarded-For` element ([`client_ip_value`]).
+    pub client: HeaderValue,
+    /// The listener's scheme, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+    /// The host the client asked for, for `X-Forwarded-Host`.
+    pub host: Option<HeaderValue>,
+}
+
+/// Calls `put` with each header a backend should get for a request with `headers`: what
+/// [`strip_hop_by_hop`] (without upgrade) and then [`add_forwarding_value`] would leave in the
+/// map, without changing it. lb's own client writes the request head this way: growing and
+/// trimming the map hyper parsed cost about 2,000 instructions per request.
+pub fn for_each_forwarded(headers: &HeaderMap, fwd: &Forwarded, mut put: impl FnMut(&HeaderName, &[u8])) {
+    let named = if headers.contains_key(header::CONNECTION) { connection_named(headers, false) } else { Vec::new() };
+    let mut prior_for: Option<Vec<&str>> = None;
+    for (name, value) in headers {
+        if hop_by_hop_index(name).is_some() || named.contains(name) {
+            continue;
+        }
+        if name == X_FORWARDED_FOR {
+            prior_for.get_or_insert_with(Vec::new).extend(value.to_str().ok());
+            continue;
+        }
+        if name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST {
+            continue;
+        }
+        put(name, value.as_bytes());
+    }
+    match prior_for {
+        None => put(&X_FORWARDED_FOR, fwd.client.as_bytes()),
+        Some(prior) => {
+            let mut joined = prior.join(", ");
+            joined.push_str(", ");
+            joined.push_str(fwd.client.to_str().unwrap_or("unknown"));
+            // As add_forwarding_value: a joined list that is no valid value is left out.
+            if HeaderValue::from_str(&joined).is_ok() {
+                put(&X_FORWARDED_FOR, joined.as_bytes());
+            }
+        }
+    }
+    put(&X_FORWARDED_PROTO, fwd.proto.as_bytes());
+    if let Some(h) = &fwd.host {
+        put(&X_FORWARDED_HOST, h.as_bytes());
     }
 }
 
@@ -219,6 +285,45 @@ mod tests {
         assert_eq!(h.get("x-forwarded-for").unwrap(), "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
         assert_eq!(h.get("x-forwarded-proto").unwrap(), "http");
         assert_eq!(h.get("x-forwarded-host").unwrap(), "shop.example:8080");
+    }
+
+    /// The headers [`for_each_forwarded`] gives, sorted, against the map after
+    /// [`strip_hop_by_hop`] and [`add_forwarding_value`], sorted.
+    type Pairs = Vec<(String, Vec<u8>)>;
+
+    fn both_ways(h: &HeaderMap, fwd: &Forwarded) -> (Pairs, Pairs) {
+        let mut streamed = Vec::new();
+        for_each_forwarded(h, fwd, |n, v| streamed.push((n.as_str().to_owned(), v.to_vec())));
+        let mut m = h.clone();
+        strip_hop_by_hop(&mut m, false);
+        add_forwarding_value(&mut m, &fwd.client, fwd.proto, fwd.host.as_ref());
+        let mut mapped: Vec<_> = m.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+        streamed.sort();
+        mapped.sort();
+        (streamed, mapped)
+    }
+
+    #[test]
+    fn writing_forwarded_headers_matches_editing_the_map() {
+        let cases: Vec<HeaderMap> = vec![
+            map(&[("host", "h"), ("accept", "*/*")]),
+            map(&[("host", "h"), ("connection", "keep-alive"), ("keep-alive", "timeout=5"), ("te", "trailers")]),
+            map(&[("connection", "X-Secret, close"), ("x-secret", "1"), ("x-kept", "2"), ("upgrade", "websocket")]),
+            map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2, 3.3.3.3"), ("x-forwarded-proto", "x")]),
+            map(&[("x-forwarded-host", "evil"), ("cookie", "a=1"), ("cookie", "b=2"), ("proxy-connection", "x")]),
+            map(&[("connection", "x-forwarded-for"), ("x-forwarded-for", "9.9.9.9")]),
+        ];
+        let mut odd = HeaderMap::new();
+        odd.append("x-forwarded-for", HeaderValue::from_bytes(b"\xff").unwrap());
+        odd.append("connection", HeaderValue::from_bytes(b"x-a, \xff-junk").unwrap());
+        odd.append("x-a", HeaderValue::from_static("1"));
+        for h in cases.iter().chain([&odd]) {
+            for host in [None, Some(HeaderValue::from_static("shop.example"))] {
+                let fwd = Forwarded { client: HeaderValue::from_static("10.0.0.9"), proto: "https", host };
+                let (streamed, mapped) = both_ways(h, &fwd);
+                assert_eq!(streamed, mapped, "{h:?}");
+            }
+        }
     }
 
     #[test]

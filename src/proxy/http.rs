@@ -25,7 +25,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::guard;
 use super::h1_client::OwnBody;
-use super::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop};
+use super::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop, Forwarded};
 use super::local;
 use super::upstream::{connect, connect_own, BodyError, ConnectError, Sender, UpBody, UpstreamBody};
 use crate::access_log::{AccessLog, HttpEntry};
@@ -67,7 +67,7 @@ enum TryFailure {
 /// or an upgrade, goes through hyper's client; it can be tried again only while hyper hands it
 /// back unsent.
 enum Outgoing {
-    Head(request::Parts),
+    Head(request::Parts, Forwarded),
     Streamed(Option<Request<UpBody>>),
 }
 
@@ -155,8 +155,6 @@ impl HttpProxy {
         // consistent_hash: hash the request's key while the headers are still the client's
         // (`None` at no cost for every other strategy).
         let key_hash = pool.kind.request_key_hash(&parts.headers, &parts.uri, client.ip());
-        strip_hop_by_hop(&mut parts.headers, upgrade);
-        add_forwarding_value(&mut parts.headers, &client_ip, self.scheme, host.as_ref());
         // Backends get origin-form over HTTP/1.1 whatever the client spoke.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             parts.uri = match parts.uri.path_and_query() {
@@ -169,8 +167,11 @@ impl HttpProxy {
         let bodiless = body.is_end_stream();
         let idempotent = is_idempotent(&parts.method);
         let mut outgoing = if bodiless && !upgrade && parts.method != Method::CONNECT {
-            Outgoing::Head(parts)
+            // Header hygiene happens as lb's own client writes the head.
+            Outgoing::Head(parts, Forwarded { client: client_ip, proto: self.scheme, host })
         } else {
+            strip_hop_by_hop(&mut parts.headers, upgrade);
+            add_forwarding_value(&mut parts.headers, &client_ip, self.scheme, host.as_ref());
             let body: UpBody = if bodiless {
                 Either::Right(Empty::new())
             } else {
@@ -179,7 +180,7 @@ impl HttpProxy {
             Outgoing::Streamed(Some(Request::from_parts(parts, body)))
         };
         // A stale pooled connection (or a failed try) may replay only idempotent bodiless heads.
-        let replayable_head = matches!(outgoing, Outgoing::Head(_)) && idempotent;
+        let replayable_head = matches!(outgoing, Outgoing::Head(..)) && idempotent;
         let host_for =
             |backend: &Backend| needs_host.then(|| HeaderValue::from_str(&backend.addr.to_string()).ok()).flatten();
 
@@ -210,7 +211,7 @@ impl HttpProxy {
             // least_time: this try's time to the response head feeds the backend's estimate.
             let timer = TryTimer::start(pool.kind);
             let result = match &mut outgoing {
-                Outgoing::Head(parts) => match exchange_own(pool, backend, parts, host_for(backend).as_ref()).await {
+                Outgoing::Head(parts, fwd) => match exchange_own(pool, backend, parts, fwd, host_for(backend)).await {
                     Ok((rp, body)) => Ok(Answer::Own(rp, body)),
                     Err((failure, unsent)) => Err((failure, unsent)),
                 },
@@ -241,7 +242,8 @@ impl HttpProxy {
                         timer.succeeded(backend);
                     }
                     let duration = backend.metrics().duration.with_label_values(&[&*self.listener]);
-                    let (mut rp, body) = match answer {
+                    let (rp, body) = match answer {
+                        // Hop-by-hop headers were left out as the head was parsed.
                         Answer::Own(rp, body) => (rp, UpstreamBody::own(body, in_flight, (duration, started))),
                         Answer::Hyper(mut resp, sender) => {
                             if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -258,12 +260,12 @@ impl HttpProxy {
                                 let answered = Response::from_parts(rp, Either::Right(Full::default()));
                                 return (answered, Some(backend.clone()));
                             }
-                            let (rp, rbody) = resp.into_parts();
+                            let (mut rp, rbody) = resp.into_parts();
+                            strip_hop_by_hop(&mut rp.headers, false);
                             let reuse = (!upgrade).then_some(sender);
                             (rp, UpstreamBody::hyper(rbody, reuse, in_flight, (duration, started)))
                         }
                     };
-                    strip_hop_by_hop(&mut rp.headers, false);
                     return (Response::from_parts(rp, Either::Left(body)), Some(backend.clone()));
                 }
                 Err((failure, unsent)) => {
@@ -336,7 +338,8 @@ async fn exchange_own(
     pool: &Pool,
     backend: &Backend,
     parts: &request::Parts,
-    host: Option<&HeaderValue>,
+    fwd: &Forwarded,
+    host: Option<HeaderValue>,
 ) -> Result<(http::response::Parts, OwnBody), (TryFailure, bool)> {
     let deadline = Instant::now() + pool.settings.request_timeout;
     loop {
@@ -348,7 +351,7 @@ async fn exchange_own(
                 Err(e) => return Err((TryFailure::Connect(e), true)),
             },
         };
-        match timeout_at(deadline, conn.exchange(parts, host)).await {
+        match timeout_at(deadline, conn.exchange(parts, host.as_ref(), fwd)).await {
             Err(_) => return Err((TryFailure::Timeout, false)),
             Ok(Ok(answer)) => return Ok(answer),
             // Refused before a byte was taken: the next connection may be fine.
