@@ -1,6 +1,7 @@
 //! Header hygiene on arbitrary header maps: after `strip_hop_by_hop` no hop-by-hop header (nor
 //! any header the Connection header named) survives, and after `add_forwarding` there is exactly
-//! one X-Forwarded-For, ending with the client's address.
+//! one X-Forwarded-For, ending with the client's address. Without upgrade, what lb's own
+//! client writes (`for_each_forwarded`) is exactly what those two edits leave in the map.
 //!
 //! Input: byte 0 picks the upgrade flag, the scheme and the client address family; bytes 1..17
 //! the address; the rest is `name:value` lines (invalid names or values are skipped, as hyper
@@ -11,7 +12,9 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use lb::proxy::headers::{add_forwarding, is_upgrade_request, strip_hop_by_hop};
+use lb::proxy::headers::{
+    add_forwarding, client_ip_value, for_each_forwarded, is_upgrade_request, strip_hop_by_hop, Forwarded,
+};
 use libfuzzer_sys::fuzz_target;
 
 const HOP_BY_HOP: [&str; 7] =
@@ -52,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let host = headers.get("host").cloned();
     let had_upgrade = headers.contains_key("upgrade");
+    let original = headers.clone();
 
     strip_hop_by_hop(&mut headers, keep_upgrade);
     for name in HOP_BY_HOP {
@@ -79,4 +83,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(xff == ip || xff.ends_with(&format!(", {ip}")), "X-Forwarded-For {xff:?} does not end with {ip}");
     assert_eq!(headers.get("x-forwarded-proto").map(|v| v.as_bytes()), Some(proto.as_bytes()));
     assert_eq!(headers.get("x-forwarded-host"), host.as_ref());
+
+    if !keep_upgrade {
+        let fwd = Forwarded { client: client_ip_value(client), proto, host: host.clone() };
+        let mut written = Vec::new();
+        for_each_forwarded(&original, &fwd, |n, v| written.push((n.as_str().to_owned(), v.to_vec())));
+        let mut edited: Vec<_> = headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
+        written.sort();
+        edited.sort();
+        assert_eq!(written, edited, "own client's head differs from the edited map");
+    }
 });
