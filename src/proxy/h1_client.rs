@@ -154,13 +154,7 @@ impl H1Conn {
         let head_request = parts.method == Method::HEAD;
         loop {
             if let Some((resp, framing, reusable)) = parse_head(&mut self.buf, head_request)? {
-                let state = match framing {
-                    Framing::Empty => State::Done,
-                    Framing::Length(0) => State::Done,
-                    Framing::Length(n) => State::Length(n),
-                    Framing::Chunked => State::Chunked(Chunked::Size),
-                    Framing::Close => State::Close,
-                };
+                let state = State::from(framing);
                 return Ok((resp, OwnBody { conn: Some(self), state, reusable, failed: None }));
             }
             if self.buf.len() >= MAX_HEAD {
@@ -365,6 +359,76 @@ enum State {
     Done,
 }
 
+impl From<Framing> for State {
+    fn from(framing: Framing) -> State {
+        match framing {
+            Framing::Empty | Framing::Length(0) => State::Done,
+            Framing::Length(n) => State::Length(n),
+            Framing::Chunked => State::Chunked(Chunked::Size),
+            Framing::Close => State::Close,
+        }
+    }
+}
+
+/// One step of a body over the buffered bytes: a piece of data, the end, or a need for more.
+/// (At the end of the stream, a body delimited by close has ended; any other is truncated.)
+fn body_step(state: &mut State, buf: &mut BytesMut) -> Result<Step, Error> {
+    match state {
+        State::Done => Ok(Step::End),
+        State::Length(_) | State::Close if buf.is_empty() => Ok(Step::NeedMore),
+        State::Length(left) => {
+            let n = buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+            *left -= n as u64;
+            if *left == 0 {
+                *state = State::Done;
+            }
+            Ok(Step::Data(buf.split_to(n).freeze()))
+        }
+        State::Close => Ok(Step::Data(buf.split().freeze())),
+        State::Chunked(ch) => {
+            let step = chunked_step(ch, buf)?;
+            if step == Step::End {
+                *state = State::Done;
+            }
+            Ok(step)
+        }
+    }
+}
+
+/// Reads one response from `stream` handed over in pieces of `step` bytes, as lb's client reads
+/// it from a backend: the status, the body, and whether the connection could carry another
+/// request afterwards. For the `response_framing` fuzz target: the verdict must not depend on
+/// how the stream is cut.
+pub fn read_response(stream: &[u8], step: usize, head_request: bool) -> Result<(u16, Vec<u8>, bool), Error> {
+    let mut pieces = stream.chunks(step.max(1));
+    let mut buf = BytesMut::new();
+    let (parts, framing, reusable) = loop {
+        if let Some(head) = parse_head(&mut buf, head_request)? {
+            break head;
+        }
+        if buf.len() >= MAX_HEAD {
+            return Err(Error::Head("head over 64 KiB"));
+        }
+        buf.extend_from_slice(pieces.next().ok_or(Error::ClosedBeforeHead)?);
+    };
+    let mut state = State::from(framing);
+    let mut body = Vec::new();
+    loop {
+        match body_step(&mut state, &mut buf)? {
+            Step::Data(d) => body.extend_from_slice(&d),
+            Step::End => {
+                let rest = buf.len() + pieces.map(<[u8]>::len).sum::<usize>();
+                return Ok((parts.status.as_u16(), body, reusable && rest == 0));
+            }
+            Step::NeedMore => match pieces.next() {
+                Some(p) => buf.extend_from_slice(p),
+                None if state == State::Close => return Ok((parts.status.as_u16(), body, false)),
+                None => return Err(Error::Truncated),
+            },
+        }
+    }
+}
+
 /// Where a chunked body is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Chunked {
@@ -504,32 +568,11 @@ impl OwnBody {
             return Poll::Ready(None);
         };
         loop {
-            match &mut self.state {
-                State::Done => return Poll::Ready(None),
-                State::Length(left) => {
-                    if !conn.buf.is_empty() {
-                        let n = conn.buf.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
-                        *left -= n as u64;
-                        if *left == 0 {
-                            self.state = State::Done;
-                        }
-                        return Poll::Ready(Some(Ok(conn.buf.split_to(n).freeze())));
-                    }
-                }
-                State::Close => {
-                    if !conn.buf.is_empty() {
-                        return Poll::Ready(Some(Ok(conn.buf.split().freeze())));
-                    }
-                }
-                State::Chunked(ch) => match chunked_step(ch, &mut conn.buf) {
-                    Err(e) => return self.fail(e, cx),
-                    Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(d))),
-                    Ok(Step::End) => {
-                        self.state = State::Done;
-                        return Poll::Ready(None);
-                    }
-                    Ok(Step::NeedMore) => {}
-                },
+            match body_step(&mut self.state, &mut conn.buf) {
+                Err(e) => return self.fail(e, cx),
+                Ok(Step::Data(d)) => return Poll::Ready(Some(Ok(d))),
+                Ok(Step::End) => return Poll::Ready(None),
+                Ok(Step::NeedMore) => {}
             }
             // The buffer holds nothing more of the body: read.
             match conn.poll_fill(cx) {
@@ -605,6 +648,20 @@ mod tests {
             assert!(matches!(decode_all(bad, 64), Err(Error::Body(_))), "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(matches!(decode_all(b"5\r\nhel", 64), Err(Error::Truncated)));
+    }
+
+    #[test]
+    fn a_response_reads_the_same_however_it_is_cut() {
+        let stream =
+            b"HTTP/1.1 103 Early\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        for step in 1..=stream.len() {
+            assert_eq!(read_response(stream, step, false).unwrap(), (200, b"hello".to_vec(), true), "step {step}");
+        }
+        let short = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel";
+        assert!(matches!(read_response(short, 4, false), Err(Error::Truncated)));
+        // Bytes after a complete answer make the connection unusable.
+        let extra = b"HTTP/1.1 204 No Content\r\n\r\nX";
+        assert_eq!(read_response(extra, 3, false).unwrap(), (204, Vec::new(), false));
     }
 
     fn head(raw: &[u8], head_request: bool) -> Result<Option<(response::Parts, Framing, bool)>, Error> {
