@@ -42,10 +42,11 @@ pub type Sender = SendRequest<UpBody>;
 /// Idle connections kept per backend and worker; beyond this a finished connection is closed.
 const MAX_IDLE_PER_BACKEND: usize = 512;
 
-/// Idle keep-alive connections of one backend, kept per worker: a connection's driver task runs
-/// on the worker that opened it, so a request only takes connections of its own worker and
-/// never wakes another thread (see [`crate::workers`]). Each lock is held only for a push or
-/// pop, by its own worker (or by a reload clearing the pool).
+/// Idle keep-alive connections of one backend, kept per worker: a connection's socket (and a
+/// hyper connection's driver task) belongs to the worker that opened it, so a request only
+/// takes connections of its own worker and never wakes another thread (see
+/// [`crate::workers`]). Each lock is held only for a push or pop, by its own worker (or by a
+/// reload clearing the pool, or the health checker sweeping it).
 #[derive(Debug)]
 pub struct ConnPool {
     idle: Box<[Mutex<Idle>]>,
@@ -128,7 +129,7 @@ impl ConnPool {
     }
 
     /// Returns a connection whose last exchange completed. `transport` is what it was opened
-    /// as ([`Backend::transport_id`] of the backend it was opened for); a connection opened
+    /// as ([`crate::pool::Backend::transport_id`] of the backend it was opened for); a connection opened
     /// before a reload changed the backend's TLS settings is closed instead of kept.
     pub fn put(&self, s: Sender, transport: u64) {
         if s.is_closed() || transport != self.transport.load(Ordering::Relaxed) {
