@@ -194,12 +194,6 @@ impl From<Error> for Failed {
     }
 }
 
-impl From<httparse::Error> for Failed {
-    fn from(e: httparse::Error) -> Self {
-        Error::from(e).into()
-    }
-}
-
 /// The request head as bytes: request line in origin form, `host` when the client sent none,
 /// then the client's headers without hop-by-hop ones and with the forwarding headers (see
 /// [`headers::for_each_forwarded`]).
