@@ -223,9 +223,10 @@ async fn stale_pooled_connections_are_retried_transparently() {
     );
     let lb = start_lb(&toml).await;
     let addr = lb.listener_addr("web").unwrap();
-    let client = client();
+    // One client connection, so every request after the first meets the pooled connection.
+    let mut conn = OneConn::open(addr).await;
     for i in 0..10 {
-        let (status, body, _) = get(&client, addr, "/").await;
+        let (status, body, _) = conn.get("/").await;
         assert_eq!((status.as_u16(), body.as_str()), (200, "ok"), "request {i}");
     }
     assert_eq!(answered.load(Ordering::SeqCst), 10);

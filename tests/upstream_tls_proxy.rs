@@ -208,9 +208,9 @@ async fn https_backend_with_a_configured_ca_and_sni_and_reused_connections() {
     );
     let lb = start_lb(&toml).await;
     let addr = lb.listener_addr("web").unwrap();
-    let client = client();
+    let mut conn = OneConn::open(addr).await;
     for _ in 0..3 {
-        let (status, body, _) = get(&client, addr, "/hello").await;
+        let (status, body, _) = conn.get("/hello").await;
         assert_eq!((status.as_u16(), body.as_str()), (200, "secure"));
     }
     assert_eq!(backend.sni.lock().unwrap().clone(), vec![Some("backend.test".to_string())], "one handshake, with SNI");
@@ -373,20 +373,20 @@ async fn a_reload_that_turns_tls_on_drops_the_idle_plain_connections() {
     };
     let mut lb = lb::app::Running::start(config("")).await.unwrap();
     let addr = lb.listener_addr("web").unwrap();
-    let client = client();
-    assert_eq!(get(&client, addr, "/").await.1, "plain");
-    assert_eq!(get(&client, addr, "/").await.1, "plain", "the idle connection is reused");
+    let mut conn = OneConn::open(addr).await;
+    assert_eq!(conn.get("/").await.1, "plain");
+    assert_eq!(conn.get("/").await.1, "plain", "the idle connection is reused");
 
     let changes = lb
         .apply(config(&format!("tls = true\ntls_ca = \"{}\"\ntls_sni = \"backend.test\"", ca_path.display())))
         .unwrap();
     assert!(changes.items.iter().any(|c| c.contains("TLS")), "{changes:?}");
-    assert_eq!(get(&client, addr, "/").await.1, "tls", "not the pooled plain connection");
-    assert_eq!(get(&client, addr, "/").await.1, "tls");
+    assert_eq!(conn.get("/").await.1, "tls", "not the pooled plain connection");
+    assert_eq!(conn.get("/").await.1, "tls");
     assert_eq!(handshakes.load(Ordering::SeqCst), 1, "the TLS connection is pooled in turn");
 
     lb.apply(config("")).unwrap();
-    assert_eq!(get(&client, addr, "/").await.1, "plain", "and back");
+    assert_eq!(conn.get("/").await.1, "plain", "and back");
 }
 
 // ---- PROXY protocol towards backends ----

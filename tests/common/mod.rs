@@ -268,6 +268,32 @@ pub async fn get(client: &Client, addr: SocketAddr, path: &str) -> (StatusCode, 
     (status, String::from_utf8_lossy(&body).into_owned(), headers)
 }
 
+/// One keep-alive client connection to lb, for tests that count upstream connections.
+///
+/// The pooled `client()` may open a second connection when the first has not yet gone back to
+/// its pool, and that one can land on lb's other worker, whose upstream pool is its own.
+pub struct OneConn(hyper::client::conn::http1::SendRequest<Empty<Bytes>>);
+
+impl OneConn {
+    pub async fn open(addr: SocketAddr) -> OneConn {
+        let stream = tokio::net::TcpStream::connect(addr).await.expect("lb accepts");
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
+        tokio::spawn(conn);
+        OneConn(sender)
+    }
+
+    /// GET `path` on this connection → (status, body as text, headers).
+    pub async fn get(&mut self, path: &str) -> (StatusCode, String, HeaderMap) {
+        let req = Request::builder().uri(path).header("host", "lb.test").body(Empty::new()).unwrap();
+        self.0.ready().await.expect("connection still open");
+        let resp = self.0.send_request(req).await.expect("request reached lb");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned(), headers)
+    }
+}
+
 /// Sends raw bytes on a fresh connection and returns everything read until the server closes
 /// (or `timeout` passes).
 pub async fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
