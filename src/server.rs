@@ -106,6 +106,7 @@ impl ListenerRuntime {
             metrics: metrics.clone(),
             access_log: access_log.clone(),
             limits: guard::Limits { max_uri_bytes: cfg.max_uri_bytes, max_body_bytes: cfg.max_body_bytes },
+            tunnel_idle: cfg.idle_timeout,
         });
         let counters = ListenerCounters {
             open: metrics.connections_open.with_label_values(&[&cfg.name]),
@@ -360,8 +361,8 @@ where
             // A TCP session is left to finish on its own when draining; the process-level
             // deadline bounds it.
             let started = std::time::Instant::now();
-            let session =
-                tcp::proxy_connection(stream, peer, local, &rt.route, &rt.http.metrics, rt.counters.tcp.as_ref()).await;
+            let (route, metrics, bytes) = (&rt.route, &rt.http.metrics, rt.counters.tcp.as_ref());
+            let session = tcp::proxy_connection(stream, peer, local, route, metrics, bytes, rt.timeouts.idle).await;
             if let Some(log) = &rt.access_log {
                 let (backend, bytes_in, bytes_out, retries) = match &session {
                     Some(s) => (Some(s.backend.name.as_str()), s.from_client, s.to_client, s.retries),

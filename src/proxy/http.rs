@@ -49,6 +49,9 @@ pub struct HttpProxy {
     pub access_log: Option<Arc<AccessLog>>,
     /// `max_uri_bytes` and `max_body_bytes`, checked before anything is forwarded.
     pub limits: guard::Limits,
+    /// The listener's `idle_timeout`: an upgraded tunnel (WebSocket) with no byte either way
+    /// for this long is closed.
+    pub tunnel_idle: std::time::Duration,
 }
 
 /// How one try at one backend ended, when it did not produce a response.
@@ -253,6 +256,7 @@ impl HttpProxy {
                                         client_upgrade,
                                         backend_upgrade,
                                         in_flight,
+                                        self.tunnel_idle,
                                     ));
                                 }
                                 let (mut rp, _) = resp.into_parts();

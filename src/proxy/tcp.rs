@@ -6,15 +6,23 @@
 //! to another backend before any byte of the client's is exchanged. Half-close is propagated: when one side shuts down its write half, the
 //! other side's write half is shut down too and the opposite direction keeps flowing until it
 //! also ends. The same copy loop carries upgraded HTTP connections (WebSocket).
+//!
+//! A session in which no byte has been delivered either way for the listener's `idle_timeout`
+//! is closed: a peer that vanished without a FIN (a dropped NAT entry, a powered-off host) or a
+//! client that stopped reading would otherwise hold the session, its backend connection and a
+//! `max_connections` permit forever.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
-use tokio::io::{copy_bidirectional, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
 
 use crate::balance::{PickCtx, TryTimer};
 use crate::health;
@@ -38,8 +46,9 @@ pub struct Session {
 
 /// Proxies one accepted TCP connection to a backend of `pool`, counting bytes into `bytes` as
 /// they flow. `peer` is the client and `local` the address it connected to (both from the
-/// PROXY header on an `accept_proxy` listener); a `send_proxy` pool passes them on. Returns the
-/// session, or `None` when no backend could be reached.
+/// PROXY header on an `accept_proxy` listener); a `send_proxy` pool passes them on. The session
+/// ends after `idle` without a byte delivered either way. Returns the session, or `None` when
+/// no backend could be reached.
 pub async fn proxy_connection<C>(
     client: C,
     peer: SocketAddr,
@@ -47,6 +56,7 @@ pub async fn proxy_connection<C>(
     pool: &Route,
     metrics: &Metrics,
     bytes: Option<&ByteCounters>,
+    idle: Duration,
 ) -> Option<Session>
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -74,11 +84,11 @@ where
                 let (from_client, to_client) = match upstream {
                     BackendStream::Plain(s) => {
                         let (r, w) = s.into_split();
-                        splice(client, r, w, bytes).await
+                        splice(client, r, w, bytes, idle).await
                     }
                     BackendStream::Tls(s) => {
                         let (r, w) = tokio::io::split(*s);
-                        splice(client, r, w, bytes).await
+                        splice(client, r, w, bytes, idle).await
                     }
                 };
                 drop(guard);
@@ -115,8 +125,9 @@ const BUF: usize = 16 * 1024;
 const MAX_BUF: usize = 256 * 1024;
 
 /// Copies both ways until both sides have closed, propagating half-close, and returns the bytes
-/// (from the client, to the client). The first error ends both directions.
-async fn splice<C, R, W>(client: C, up_r: R, up_w: W, bytes: Option<&ByteCounters>) -> (u64, u64)
+/// (from the client, to the client). The first error ends both directions, and so does `idle`
+/// without a byte delivered either way.
+async fn splice<C, R, W>(client: C, up_r: R, up_w: W, bytes: Option<&ByteCounters>, idle: Duration) -> (u64, u64)
 where
     C: AsyncRead + AsyncWrite + Unpin,
     R: AsyncRead + Unpin,
@@ -124,17 +135,58 @@ where
 {
     let (client_r, client_w) = tokio::io::split(client);
     let (mut sent, mut received) = (0u64, 0u64);
-    let c2u = pump(client_r, up_w, bytes.map(|b| &b.0), &mut sent);
-    let u2c = pump(up_r, client_w, bytes.map(|b| &b.1), &mut received);
-    if let Err(e) = tokio::try_join!(c2u, u2c) {
-        tracing::debug!(error = %e, "tcp session ended with an error");
+    let progress = Progress::new();
+    let c2u = pump(client_r, up_w, bytes.map(|b| &b.0), &mut sent, &progress);
+    let u2c = pump(up_r, client_w, bytes.map(|b| &b.1), &mut received, &progress);
+    tokio::select! {
+        r = async { tokio::try_join!(c2u, u2c) } => if let Err(e) = r {
+            tracing::debug!(error = %e, "tcp session ended with an error");
+        },
+        _ = progress.stalled(idle) => tracing::debug!(?idle, "no byte either way for idle_timeout; closing the session"),
     }
     (sent, received)
 }
 
+/// When a session last delivered a byte, kept as milliseconds since it started so that both
+/// directions can note it without a lock.
+struct Progress {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Progress { start: Instant::now(), last_ms: AtomicU64::new(0) }
+    }
+
+    fn moved(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for `idle`. Sleeps until the earliest moment that could
+    /// be true and looks again then, so that traffic costs no timer re-arm per chunk.
+    async fn stalled(&self, idle: Duration) {
+        loop {
+            let due = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed)) + idle;
+            if due <= Instant::now() {
+                return;
+            }
+            tokio::time::sleep_until(due).await;
+        }
+    }
+}
+
 /// Copies `from` into `to` until EOF, then shuts down `to`'s write side so the peer sees the
-/// half-close. Counts every chunk as it goes, so long sessions show up in metrics live.
-async fn pump<R, W>(mut from: R, mut to: W, counter: Option<&IntCounter>, total: &mut u64) -> io::Result<()>
+/// half-close. Counts every chunk as it goes, so long sessions show up in metrics live, and
+/// notes in `progress` every write the other side took (a slow reader is still progress).
+async fn pump<R, W>(
+    mut from: R,
+    mut to: W,
+    counter: Option<&IntCounter>,
+    total: &mut u64,
+    progress: &Progress,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -145,7 +197,15 @@ where
         if n == 0 {
             return to.shutdown().await;
         }
-        to.write_all(&buf[..n]).await?;
+        let mut done = 0;
+        while done < n {
+            let w = to.write(&buf[done..n]).await?;
+            if w == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            done += w;
+            progress.moved();
+        }
         *total += n as u64;
         if let Some(c) = counter {
             c.inc_by(n as u64);
@@ -157,8 +217,9 @@ where
 }
 
 /// Joins an upgraded client connection to an upgraded backend connection (WebSocket and other
-/// `Upgrade:` protocols) and copies until both sides close. `in_flight` counts the tunnel.
-pub async fn tunnel_upgraded(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight) {
+/// `Upgrade:` protocols) and copies until both sides close, or until `idle` passes without a
+/// byte either way. `in_flight` counts the tunnel.
+pub async fn tunnel_upgraded(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight, idle: Duration) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {
@@ -166,10 +227,8 @@ pub async fn tunnel_upgraded(client: OnUpgrade, backend: OnUpgrade, in_flight: I
             return;
         }
     };
-    let mut client: TokioIo<Upgraded> = TokioIo::new(client);
-    let mut backend: TokioIo<Upgraded> = TokioIo::new(backend);
-    if let Err(e) = copy_bidirectional(&mut client, &mut backend).await {
-        tracing::debug!(error = %e, "upgraded tunnel ended with error");
-    }
+    let client: TokioIo<Upgraded> = TokioIo::new(client);
+    let (up_r, up_w) = tokio::io::split(TokioIo::new(backend));
+    splice(client, up_r, up_w, None, idle).await;
     drop(in_flight);
 }

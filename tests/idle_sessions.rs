@@ -1,0 +1,139 @@
+//! Byte-stream sessions (tcp mode, and upgraded HTTP connections such as WebSocket) end after
+//! the listener's `idle_timeout` without a byte delivered either way: a silent session, and one
+//! whose client stopped reading, are closed on both sides; one that keeps moving is not.
+//!
+//! `idle_timeout` is 1 s here; every wait below is bounded only to keep a broken build from
+//! hanging, never to measure how fast lb was.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// Generous bound for something that must happen about one `idle_timeout` from now.
+const PATIENCE: Duration = Duration::from_secs(15);
+
+async fn tcp_lb(backend: SocketAddr) -> (lb::app::Running, SocketAddr) {
+    let toml = format!(
+        "[[listeners]]\nname = \"raw\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"p\"\nidle_timeout = \"1s\"\n\n\
+         [pools.p]\nstrategy = \"round_robin\"\nbackends = [{{ addr = \"{backend}\" }}]\n"
+    );
+    let lb = start_lb(&toml).await;
+    let addr = lb.listener_addr("raw").unwrap();
+    (lb, addr)
+}
+
+/// A backend that reads each connection to its end and reports what it got.
+async fn draining_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let _ = s.read_to_end(&mut got).await;
+                let _ = tx.send(got);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+#[tokio::test]
+async fn a_silent_tcp_session_is_closed_on_both_sides_after_idle_timeout() {
+    let (backend, mut ended) = draining_backend().await;
+    let (_lb, addr) = tcp_lb(backend).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    // Then nothing, either way.
+    let got = tokio::time::timeout(PATIENCE, ended.recv()).await.expect("the backend connection was closed");
+    assert_eq!(got.as_deref(), Some(&b"hello"[..]));
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(PATIENCE, client.read_to_end(&mut rest))
+        .await
+        .expect("the client connection was closed")
+        .expect("closed cleanly");
+    assert_eq!(n, 0, "nothing was sent to the client: {rest:?}");
+}
+
+#[tokio::test]
+async fn a_tcp_session_that_keeps_moving_outlives_idle_timeout() {
+    let (backend, mut ended) = draining_backend().await;
+    let (_lb, addr) = tcp_lb(backend).await;
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    // A byte every 200 ms for 3 s: three idle_timeouts in all, never one without traffic.
+    let mut sent = Vec::new();
+    for i in 0..15u8 {
+        client.write_all(&[b'a' + i]).await.unwrap();
+        sent.push(b'a' + i);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client.shutdown().await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, ended.recv()).await.unwrap();
+    assert_eq!(got, Some(sent), "every byte arrived, in one session");
+}
+
+#[tokio::test]
+async fn a_tcp_client_that_stops_reading_is_cut_off_after_idle_timeout() {
+    // The backend writes until its writes fail; it reports how far it got.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    let (tx, mut cut) = mpsc::unbounded_channel::<usize>();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut written = 0;
+        while s.write_all(&chunk).await.is_ok() {
+            written += chunk.len();
+        }
+        let _ = tx.send(written);
+    });
+    let (_lb, addr) = tcp_lb(backend).await;
+    let _client = TcpStream::connect(addr).await.unwrap(); // never read
+    let written = tokio::time::timeout(PATIENCE, cut.recv())
+        .await
+        .expect("lb closed the backend connection of the stalled session")
+        .unwrap();
+    // Socket buffers on both legs hold some, but the flood was stopped, not swallowed.
+    assert!(written < 64 * 1024 * 1024, "{written} bytes went into a client that reads nothing");
+}
+
+#[tokio::test]
+async fn an_idle_websocket_tunnel_is_closed_after_idle_timeout() {
+    let b = TestBackend::start("a").await;
+    let toml = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\nidle_timeout = \"1s\"\n\n\
+         [pools.app]\nstrategy = \"round_robin\"\n{}\n",
+        backends_toml(&[&b])
+    );
+    let lb = start_lb(&toml).await;
+    let addr = lb.listener_addr("web").unwrap();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    // The tunnel works...
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(PATIENCE, s.read_exact(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(&echo, b"ping");
+    // ...and, left silent, ends.
+    let mut rest = Vec::new();
+    let n = tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest))
+        .await
+        .expect("the idle tunnel was closed")
+        .expect("closed cleanly");
+    assert_eq!(n, 0, "{rest:?}");
+}
