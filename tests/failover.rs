@@ -237,6 +237,27 @@ async fn stale_pooled_connections_are_retried_transparently() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pooled_connection_under_a_post_is_no_mark_against_the_backend() {
+    let (addr_b, answered) = closes_reused_connections().await;
+    // fall = 1: a single passive mark would take the backend out. Probes (a connect) are rare.
+    let toml = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[pools.app]\nstrategy = \"round_robin\"\n\
+         backends = [{{ addr = \"{addr_b}\" }}]\n[pools.app.health]\nkind = \"tcp\"\ninterval = \"60s\"\nrise = 1\nfall = 1\n"
+    );
+    let lb = start_lb(&toml).await;
+    let addr = lb.listener_addr("web").unwrap();
+    assert!(eventually(Duration::from_secs(3), || up_names(&lb, "app").len() == 1).await);
+    let mut conn = OneConn::open(addr).await;
+    assert_eq!(conn.get("/").await.0, 200);
+    // The POST goes out on the pooled connection, which the backend closes unanswered: it
+    // cannot be replayed (502), but a keep-alive race is not the backend's failure.
+    let (status, _, _) = conn.send(http::Method::POST, "/").await;
+    assert_eq!(status, 502);
+    assert_eq!(answered.load(Ordering::SeqCst), 1, "the POST was not replayed");
+    assert_eq!(up_names(&lb, "app").len(), 1, "a stale connection took the backend out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_counts_return_to_zero_after_mixed_outcomes() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
     let lb = start_lb(&config(&backends_toml(&[&a, &b]), "")).await;

@@ -105,6 +105,49 @@ async fn http2_prior_knowledge_clients_are_served() {
     assert_eq!(seen.uri, "/h2/2");
     assert_eq!(seen.headers["host"], "app.example");
     assert_eq!(seen.headers["x-forwarded-host"], "app.example");
+    // HTTP/2 clients send cookies as separate fields; an HTTP/1.1 backend gets one Cookie line
+    // (RFC 9113 §8.2.3), with a body (hyper's upstream client) and without (lb's own).
+    for body in [Bytes::new(), Bytes::from_static(b"payload")] {
+        let req = http::Request::post("http://app.example/cookies")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2; c=3")
+            .body(Full::new(body.clone()))
+            .unwrap();
+        assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+        let seen = b.last_seen();
+        let cookies: Vec<_> = seen.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; c=3"], "body {body:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_request_target_names_the_host_and_a_request_has_one_host_header() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let patience = Duration::from_secs(5);
+    // Absolute form with a query and no path: origin form `/?q=1`, and the target's authority
+    // (not the Host header, not the userinfo) is the host (RFC 9112 §3.2.2).
+    let resp = raw(
+        addr,
+        b"GET http://user@shop.example?q=1 HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+        patience,
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = b.last_seen();
+    assert_eq!(seen.uri, "/?q=1");
+    assert_eq!(seen.headers.get_all("host").iter().collect::<Vec<_>>(), ["shop.example"]);
+    assert_eq!(seen.headers["x-forwarded-host"], "shop.example");
+    // `Connection: host` does not take the Host header away.
+    let resp = raw(addr, b"GET /c HTTP/1.1\r\nHost: kept.example\r\nConnection: host, close\r\n\r\n", patience).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(b.last_seen().headers["host"], "kept.example");
+    // Two Host headers: refused by lb, nothing reaches the backend.
+    let hits = b.hits();
+    let resp = raw(addr, b"GET /d HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n", patience).await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("more than one Host"), "{resp}");
+    assert_eq!(b.hits(), hits);
 }
 
 #[tokio::test]

@@ -769,6 +769,9 @@ fn hostile_answers(path: &str) -> &'static [u8] {
         "/bad-header" => b"HTTP/1.1 200 OK\r\nx-a: a\0b\r\ncontent-length: 2\r\n\r\nok",
         "/dies-sized" => b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly ten..",
         "/dies-chunked" => b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        "/both-framings" => {
+            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        }
         _ => b"",
     }
 }
@@ -785,6 +788,27 @@ async fn invalid_backend_answers_become_502_with_nothing_passed_on() {
         assert!(!r.text().contains("hello") && !r.text().contains("not HTTP"), "{path}: passed on: {}", r.text());
         let ok = send(addr, b"GET /ok HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n").await;
         assert_eq!(ok.status(), 200, "after {path}: {}", ok.text());
+    }
+}
+
+#[tokio::test]
+async fn an_answer_with_both_framings_reaches_the_client_by_its_transfer_encoding() {
+    let backend = scripted_backend(hostile_answers).await;
+    let lb = start_lb(&config(&format!("backends = [{{ addr = \"{backend}\" }}]"), "")).await;
+    let addr = lb.listener_addr("web").unwrap();
+    // Without a body lb's own client reads the answer, with one hyper's client does.
+    for request in [
+        &b"GET /both-framings HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"[..],
+        b"POST /both-framings HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    ] {
+        let r = send(addr, request).await;
+        let text = r.text();
+        assert_eq!(r.status(), 200, "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let head = head.to_ascii_lowercase();
+        assert!(!head.contains("content-length: 100"), "the wrong length was passed on: {head}");
+        assert!(head.contains("transfer-encoding: chunked"), "{head}");
+        assert_eq!(body, "5\r\nhello\r\n0\r\n\r\n");
     }
 }
 

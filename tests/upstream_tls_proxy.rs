@@ -135,6 +135,66 @@ impl TlsBackend {
     }
 }
 
+/// An HTTPS backend whose answer to `GET /size/N` is exactly N bytes (head and body), followed
+/// in the same TCP write by a second, unasked answer `evil` in a TLS record of its own. Any
+/// other request gets `fresh`, and the connection closes. rustls decrypts both records from one socket read but hands
+/// out plaintext only as far as the reader's buffer goes: when N is the size of lb's read
+/// buffer, `evil` waits inside rustls while the socket itself is quiet.
+async fn trailing_record_backend(leaf: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(server_config(leaf));
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                // Buffered below TLS: records reach the socket only on flush, together.
+                let Ok(mut tls) = acceptor.accept(tokio::io::BufWriter::with_capacity(64 * 1024, s)).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                loop {
+                    head.clear();
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tls.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&head).lines().next().unwrap_or_default().to_owned();
+                    let size =
+                        line.split(' ').nth(1).and_then(|p| p.strip_prefix("/size/")).and_then(|n| n.parse().ok());
+                    let answer = |body: &[u8]| {
+                        let mut a = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+                        a.extend_from_slice(body);
+                        a
+                    };
+                    if let Some(total) = size {
+                        // The body length whose answer is `total` bytes in all.
+                        let body_len = (0..total).find(|&n: &usize| answer(&vec![b'x'; n]).len() == total).unwrap();
+                        let _ = tls.write_all(&answer(&vec![b'x'; body_len])).await;
+                        let _ = tls.write_all(&answer(b"evil")).await;
+                    } else {
+                        // Not kept: every /size request then starts on a new connection, with
+                        // lb's read buffer at its initial size.
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\nconnection: close\r\n\r\nfresh")
+                            .await;
+                        let _ = tls.flush().await;
+                        let _ = tls.shutdown().await;
+                        return;
+                    }
+                    if tls.flush().await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// A TCP backend that reads everything until EOF, hands it over, and answers `done`.
 async fn recording_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -216,6 +276,29 @@ async fn https_backend_with_a_configured_ca_and_sni_and_reused_connections() {
     assert_eq!(backend.sni.lock().unwrap().clone(), vec![Some("backend.test".to_string())], "one handshake, with SNI");
     assert_eq!(backend.requests.load(Ordering::SeqCst), 3);
     assert_eq!(backend.forwarded_for.lock().unwrap()[0], "127.0.0.1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_held_inside_tls_after_an_answer_keep_its_connection_out_of_the_pool() {
+    let ca = make_ca("lb test CA");
+    let ca_path = write_ca(&temp_dir("trailing"), "ca.pem", &ca);
+    let backend = trailing_record_backend(make_leaf(&ca, &["backend.test"])).await;
+    let toml = format!(
+        "{}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\ntls_sni = \"backend.test\"\n\
+         backends = [{{ addr = \"{backend}\" }}]\n",
+        http_listener(""),
+        ca_path.display(),
+    );
+    let lb = start_lb(&toml).await;
+    let mut conn = OneConn::open(lb.listener_addr("web").unwrap()).await;
+    // Read buffers come in powers of two: one of these sizes is lb's.
+    for size in [4096, 8192, 16384, 32768] {
+        let (status, body, _) = conn.get(&format!("/size/{size}")).await;
+        assert_eq!(status, 200);
+        assert!(body.len() < size && body.bytes().all(|b| b == b'x'), "size {size}");
+        let (status, body, _) = conn.get("/next").await;
+        assert_eq!((status.as_u16(), body.as_str()), (200, "fresh"), "after /size/{size}: an answer nobody asked for");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

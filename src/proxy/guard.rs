@@ -12,6 +12,8 @@
 //!
 //! - a `Transfer-Encoding` other than exactly one `chunked` (hyper accepts `chunked, chunked`,
 //!   `gzip, chunked` and repeated headers, which other servers may frame differently): `400`;
+//! - more than one `Host` header (RFC 9112 §3.2; lb and the backend could each take a
+//!   different one): `400`;
 //! - a path and query longer than `max_uri_bytes`: `414`;
 //! - a declared `Content-Length` over `max_body_bytes`: `413`; a body without one that grows
 //!   past it is cut off there by [`ClientBody`] and answered with `413` too.
@@ -38,7 +40,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
@@ -69,6 +71,9 @@ pub enum Refusal {
     /// The client's body ended before its declared end (the client went away or broke the
     /// framing). Not the backend's fault, so it is not counted against it.
     BodyAborted,
+    /// More than one `Host` header (RFC 9112 §3.2): backends and lb could disagree on which
+    /// one names the site.
+    DuplicateHost,
 }
 
 impl Refusal {
@@ -81,6 +86,7 @@ impl Refusal {
             Refusal::UriTooLong => local::respond(StatusCode::URI_TOO_LONG, "414 URI Too Long"),
             Refusal::BodyTooLarge => local::respond(StatusCode::PAYLOAD_TOO_LARGE, "413 Content Too Large"),
             Refusal::BodyAborted => local::bad_request("the request body ended early"),
+            Refusal::DuplicateHost => local::bad_request("more than one Host header"),
         };
         if version < Version::HTTP_2 {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
@@ -99,6 +105,9 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Refusal> {
         if !only_chunked || headers.contains_key(CONTENT_LENGTH) {
             return Err(Refusal::TransferEncoding);
         }
+    }
+    if headers.get_all(HOST).iter().nth(1).is_some() {
+        return Err(Refusal::DuplicateHost);
     }
     if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > limits.max_uri_bytes {
         return Err(Refusal::UriTooLong);

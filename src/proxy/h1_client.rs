@@ -34,6 +34,9 @@ use super::upstream_tls::BackendStream;
 const MAX_HEAD: usize = 64 * 1024;
 /// Most headers accepted in a response head (hyper's default).
 const MAX_HEADERS: usize = 100;
+/// Most informational (1xx) answers taken before the final one: each costs a copy of what
+/// follows it in the buffer, and a backend could otherwise stream them until the timeout.
+const MAX_INFORMATIONAL: usize = 64;
 /// Longest chunk-size line (with extensions) or trailer section accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 64 * 1024;
@@ -98,10 +101,21 @@ impl H1Conn {
     /// False when the backend closed (or wrote to) this idle connection. Costs no system call
     /// unless the socket became readable while idle; never waits.
     pub fn alive(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
         let mut cx = Context::from_waker(Waker::noop());
         let tcp = match &self.io {
             BackendStream::Plain(s) => s,
-            BackendStream::Tls(s) => s.get_ref().0,
+            BackendStream::Tls(s) => {
+                // rustls decrypts every whole record a socket read brought in, but hands out one
+                // record per read: bytes (or a close_notify) that came with the last answer can
+                // wait inside it while the socket itself is quiet.
+                if !s.get_ref().1.wants_read() {
+                    return false;
+                }
+                s.get_ref().0
+            }
         };
         match tcp.poll_read_ready(&mut cx) {
             Poll::Pending => true,
@@ -152,22 +166,22 @@ impl H1Conn {
             return Err(Failed { error: e.into(), unsent: false, no_answer: true });
         }
         let head_request = parts.method == Method::HEAD;
+        let mut informational = 0;
+        // Any byte of an answer (a 1xx one included) means the backend took the request: a
+        // failure after it is no stale connection.
+        let mut received = false;
         loop {
-            if let Some((resp, framing, reusable)) = parse_head(&mut self.buf, head_request)? {
+            if let Some((resp, framing, reusable)) = parse_head(&mut self.buf, head_request, &mut informational)? {
                 let state = State::from(framing);
                 return Ok((resp, OwnBody { conn: Some(self), state, reusable, failed: None }));
             }
             if self.buf.len() >= MAX_HEAD {
                 return Err(Failed { error: Error::Head("head over 64 KiB"), unsent: false, no_answer: false });
             }
-            let got = self.buf.len();
             match std::future::poll_fn(|cx| self.poll_fill(cx)).await {
-                Ok(0) if got == 0 => {
-                    return Err(Failed { error: Error::ClosedBeforeHead, unsent: false, no_answer: true });
-                }
-                Ok(0) => return Err(Failed { error: Error::ClosedBeforeHead, unsent: false, no_answer: false }),
-                Ok(_) => {}
-                Err(e) => return Err(Failed { error: e.into(), unsent: false, no_answer: got == 0 }),
+                Ok(0) => return Err(Failed { error: Error::ClosedBeforeHead, unsent: false, no_answer: !received }),
+                Ok(_) => received = true,
+                Err(e) => return Err(Failed { error: e.into(), unsent: false, no_answer: !received }),
             }
         }
     }
@@ -238,7 +252,11 @@ enum Framing {
 
 /// Parses a response head at the front of `buf` and removes it (with any 1xx heads before it).
 /// `None` while the head is incomplete. Header values share the head's memory.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(response::Parts, Framing, bool)>, Error> {
+fn parse_head(
+    buf: &mut BytesMut,
+    head_request: bool,
+    informational: &mut usize,
+) -> Result<Option<(response::Parts, Framing, bool)>, Error> {
     loop {
         // Parsed over a frozen view of everything buffered, so that header values can be
         // slices of it rather than copies; what follows the head goes back to `buf`.
@@ -275,6 +293,10 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(response
                 return Err(Error::Head("101 Switching Protocols to a request without Upgrade"));
             }
             // 100 Continue, 103 Early Hints: informational, dropped (as hyper's client does).
+            *informational += 1;
+            if *informational > MAX_INFORMATIONAL {
+                return Err(Error::Head("too many informational answers"));
+            }
             continue;
         }
         let version = if parsed.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
@@ -313,6 +335,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(response
                 map.append(name, value);
             }
         }
+        if te.is_some() && length.is_some() {
+            // The body is framed by Transfer-Encoding; a Content-Length next to it is wrong
+            // (RFC 9112 §6.3) and must not reach the client, which would frame by it.
+            map.remove(CONTENT_LENGTH);
+        }
         let (mut parts, ()) = Response::new(()).into_parts();
         parts.status = status;
         parts.version = version;
@@ -327,10 +354,11 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> Result<Option<(response
                 (None, None) => Framing::Close,
             }
         };
-        // Both framings at once is a smuggling shape: answer this one, never reuse.
+        // Both framings at once is a smuggling shape, and so is Transfer-Encoding in an
+        // HTTP/1.0 answer (RFC 9112 §6.1): answer this one, never reuse.
         let reusable = framing != Framing::Close
             && !(te.is_some() && length.is_some())
-            && if version == Version::HTTP_11 { !close } else { keep_alive && !close };
+            && if version == Version::HTTP_11 { !close } else { te.is_none() && keep_alive && !close };
         return Ok(Some((parts, framing, reusable)));
     }
 }
@@ -396,8 +424,9 @@ fn body_step(state: &mut State, buf: &mut BytesMut) -> Result<Step, Error> {
 pub fn read_response(stream: &[u8], step: usize, head_request: bool) -> Result<(u16, Vec<u8>, bool), Error> {
     let mut pieces = stream.chunks(step.max(1));
     let mut buf = BytesMut::new();
+    let mut informational = 0;
     let (parts, framing, reusable) = loop {
-        if let Some(head) = parse_head(&mut buf, head_request)? {
+        if let Some(head) = parse_head(&mut buf, head_request, &mut informational)? {
             break head;
         }
         if buf.len() >= MAX_HEAD {
@@ -461,11 +490,13 @@ fn chunked_step(state: &mut Chunked, buf: &mut BytesMut) -> Result<Step, Error> 
                 }
                 let line = &buf[..eol - 1];
                 let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                // Leading zeros are no overflow; 15 significant hex digits fit a u64.
+                let significant = line[..digits].iter().skip_while(|&&d| d == b'0').count();
+                // After the size: optional spaces or tabs, then nothing or an extension (whose
+                // content is ignored, but may hold no bare CR).
                 let rest = &line[digits..];
-                if digits == 0
-                    || digits > 15
-                    || !(rest.trim_ascii().is_empty() || rest.trim_ascii_start().starts_with(b";"))
-                {
+                let ext = &rest[rest.iter().take_while(|&&b| b == b' ' || b == b'\t').count()..];
+                if digits == 0 || significant > 15 || !(ext.is_empty() || (ext[0] == b';' && !ext.contains(&b'\r'))) {
                     return Err(Error::Body("bad chunk size"));
                 }
                 let size = line[..digits].iter().fold(0u64, |n, &d| n * 16 + u64::from(hex(d)));
@@ -547,10 +578,11 @@ impl OwnBody {
         }
     }
 
-    /// The connection, if the body ended cleanly, it may be reused and nothing extra arrived.
+    /// The connection, if the body ended cleanly, it may be reused and nothing extra arrived
+    /// (read, held by TLS, or waiting in the socket).
     pub fn take_reusable(&mut self) -> Option<H1Conn> {
-        let conn = self.conn.take()?;
-        (self.state == State::Done && self.reusable && conn.buf.is_empty()).then(|| conn.idle())
+        let mut conn = self.conn.take()?;
+        (self.state == State::Done && self.reusable && conn.alive()).then(|| conn.idle())
     }
 
     /// The next piece of the body: `None` at its end.
@@ -638,10 +670,21 @@ mod tests {
             b"ffffffffffffffff\r\n",
             b"5 5\r\nhello\r\n0\r\n\r\n",
             b"0\r\nbad trailer\n\r\n",
+            // A bare CR (or any other byte but space and tab) after the size, or inside an
+            // extension.
+            b"5\r\r\nhello\r\n0\r\n\r\n",
+            b"5\x0c\r\nhello\r\n0\r\n\r\n",
+            b"5;a\rb\r\nhello\r\n0\r\n\r\n",
+            // 16 significant hex digits do not fit.
+            b"0010000000000000000\r\n",
         ] {
             assert!(matches!(decode_all(bad, 64), Err(Error::Body(_))), "{:?}", String::from_utf8_lossy(bad));
         }
         assert!(matches!(decode_all(b"5\r\nhel", 64), Err(Error::Truncated)));
+        // Leading zeros are no overflow; spaces and tabs may stand before an extension or the end.
+        for good in [&b"0000000000000000000005\r\nhello\r\n0\r\n\r\n"[..], b"5 \t;x=1\r\nhello\r\n0 \r\n\r\n"] {
+            assert_eq!(decode_all(good, 64).unwrap(), b"hello", "{:?}", String::from_utf8_lossy(good));
+        }
     }
 
     #[test]
@@ -659,7 +702,7 @@ mod tests {
     }
 
     fn head(raw: &[u8], head_request: bool) -> Result<Option<(response::Parts, Framing, bool)>, Error> {
-        parse_head(&mut BytesMut::from(raw), head_request)
+        parse_head(&mut BytesMut::from(raw), head_request, &mut 0)
     }
 
     #[test]
@@ -687,6 +730,19 @@ mod tests {
             framing(b"HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\ncontent-length: 0\r\n\r\n"),
             Some((Framing::Length(0), true))
         );
+        // Transfer-Encoding in an HTTP/1.0 answer: read until close or chunked, never reused.
+        assert_eq!(
+            framing(b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Some((Framing::Chunked, false))
+        );
+        // A Content-Length next to Transfer-Encoding does not reach the client.
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ncontent-length: 3\r\n\r\n",
+        ] {
+            let (parts, _, _) = head(raw, false).unwrap().unwrap();
+            assert!(!parts.headers.contains_key("content-length"), "{:?}", String::from_utf8_lossy(raw));
+        }
         assert_eq!(framing(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n"), None);
         let (parts, f, _) = head(b"HTTP/1.1 200 OK\r\ncontent-length: 12\r\n\r\n", true).unwrap().unwrap();
         assert_eq!(f, Framing::Empty);
@@ -696,13 +752,25 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early\r\nlink: x\r\n\r\nHTTP/1.1 201 Created\r\nx-a: 1\r\ncontent-length: 2\r\n\r\nok"[..]);
-        let (parts, f, _) = parse_head(&mut buf, false).unwrap().unwrap();
+        let (parts, f, _) = parse_head(&mut buf, false, &mut 0).unwrap().unwrap();
         assert_eq!(
             (parts.status.as_u16(), f, &parts.headers["x-a"]),
             (201, Framing::Length(2), &HeaderValue::from_static("1"))
         );
         assert_eq!(&buf[..], b"ok");
         assert!(head(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", false).is_err());
+        // A backend cannot stream informational answers for ever: the limit holds across
+        // reads (the counter lives with the exchange).
+        let processing = b"HTTP/1.1 102 Processing\r\n\r\n";
+        let mut count = 0;
+        for _ in 0..MAX_INFORMATIONAL {
+            assert!(parse_head(&mut BytesMut::from(&processing[..]), false, &mut count).unwrap().is_none());
+        }
+        let mut last = BytesMut::from(&b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"[..]);
+        assert!(matches!(parse_head(&mut last, false, &mut count), Err(Error::Head(_))));
+        let mut within =
+            BytesMut::from(&b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"[..]);
+        assert!(parse_head(&mut within, false, &mut (MAX_INFORMATIONAL - 1)).unwrap().is_some());
     }
 
     #[test]

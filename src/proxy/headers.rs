@@ -60,11 +60,13 @@ fn connection_named(headers: &HeaderMap, keep_upgrade: bool) -> Vec<HeaderName> 
     named_in(connection_tokens(headers)).filter(|n| !(keep_upgrade && n == header::UPGRADE)).collect()
 }
 
-/// The header names among `Connection` tokens beyond `keep-alive` and `close`.
+/// The header names among `Connection` tokens beyond `keep-alive` and `close`. `Host` is never
+/// one: a client's `Connection: host` must not leave the backend without the host it asked for.
 pub fn named_in<'a>(tokens: impl Iterator<Item = &'a [u8]> + 'a) -> impl Iterator<Item = HeaderName> + 'a {
     tokens
         .filter(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"))
         .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .filter(|n| n != header::HOST)
 }
 
 /// Removes hop-by-hop headers and every header named in `Connection`. With `keep_upgrade`,
@@ -102,7 +104,8 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 
 /// Adds the forwarding headers: the client address appended to `X-Forwarded-For` (earlier
 /// values kept, several headers folded into one), `X-Forwarded-Proto` set to the listener's
-/// scheme and `X-Forwarded-Host` set to the host the client asked for.
+/// scheme and `X-Forwarded-Host` set to the host the client asked for. Also folds several
+/// `Cookie` headers into one (see [`add_forwarding_value`]).
 pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
     add_forwarding_value(headers, &client_ip_value(client), proto, host);
 }
@@ -116,12 +119,23 @@ pub fn client_ip_value(client: IpAddr) -> HeaderValue {
 
 /// [`add_forwarding`] with the client address already as a header value (see
 /// [`client_ip_value`]): the common case, no earlier `X-Forwarded-For`, costs a refcount.
+///
+/// Several `Cookie` headers become one, joined by `"; "`: HTTP/2 clients send each cookie as a
+/// header of its own, and RFC 9113 §8.2.3 requires them joined before they go on over
+/// HTTP/1.1, where many servers read only one `Cookie` line.
 pub fn add_forwarding_value(
     headers: &mut HeaderMap,
     client: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
 ) {
+    if let header::Entry::Occupied(mut e) = headers.entry(header::COOKIE) {
+        if e.iter().nth(1).is_some() {
+            if let Some(joined) = join_cookies(e.iter()) {
+                e.insert(joined);
+            }
+        }
+    }
     // Room for the three headers below at once: the map hyper parsed is sized to the request.
     headers.reserve(3);
     // One lookup for the common case (no earlier X-Forwarded-For), as an entry.
@@ -162,6 +176,13 @@ pub struct Forwarded {
     pub host: Option<HeaderValue>,
 }
 
+/// Several `Cookie` values as one, joined by `"; "`; `None` if that is no valid value (it
+/// always is, joining valid ones).
+fn join_cookies<'a>(values: impl Iterator<Item = &'a HeaderValue>) -> Option<HeaderValue> {
+    let parts: Vec<&[u8]> = values.map(HeaderValue::as_bytes).collect();
+    HeaderValue::from_bytes(&parts.join(&b"; "[..])).ok()
+}
+
 /// Calls `put` with each header a backend should get for a request with `headers`: what
 /// [`strip_hop_by_hop`] (without upgrade) and then [`add_forwarding_value`] would leave in the
 /// map, without changing it. lb's own client writes the request head this way: growing and
@@ -169,8 +190,25 @@ pub struct Forwarded {
 pub fn for_each_forwarded(headers: &HeaderMap, fwd: &Forwarded, mut put: impl FnMut(&HeaderName, &[u8])) {
     let named = if headers.contains_key(header::CONNECTION) { connection_named(headers, false) } else { Vec::new() };
     let mut prior_for: Option<Vec<&str>> = None;
+    let mut cookies_done = false;
     for (name, value) in headers {
         if hop_by_hop_index(name).is_some() || named.contains(name) {
+            continue;
+        }
+        if name == header::COOKIE {
+            // All of a name's values come one after another: the first stands for them all.
+            if std::mem::replace(&mut cookies_done, true) {
+                continue;
+            }
+            let all = headers.get_all(header::COOKIE);
+            match all.iter().nth(1).and_then(|_| join_cookies(all.iter())) {
+                Some(joined) => put(name, joined.as_bytes()),
+                None => {
+                    for v in all {
+                        put(name, v.as_bytes());
+                    }
+                }
+            }
             continue;
         }
         if name == X_FORWARDED_FOR {
@@ -324,6 +362,28 @@ mod tests {
                 assert_eq!(streamed, mapped, "{h:?}");
             }
         }
+    }
+
+    #[test]
+    fn several_cookie_headers_reach_the_backend_as_one_and_host_is_never_connection_named() {
+        let h =
+            map(&[("host", "h"), ("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2; c=3"), ("connection", "host")]);
+        let fwd = Forwarded { client: HeaderValue::from_static("10.0.0.9"), proto: "http", host: None };
+        let mut written = Vec::new();
+        for_each_forwarded(&h, &fwd, |n, v| written.push((n.as_str().to_owned(), v.to_vec())));
+        let cookies: Vec<_> = written.iter().filter(|(n, _)| n == "cookie").map(|(_, v)| v.clone()).collect();
+        assert_eq!(cookies, [b"a=1; b=2; c=3".to_vec()]);
+        assert!(written.iter().any(|(n, v)| n == "host" && v == b"h"), "{written:?}");
+        let mut edited = h.clone();
+        strip_hop_by_hop(&mut edited, false);
+        add_forwarding_value(&mut edited, &fwd.client, fwd.proto, None);
+        assert_eq!(edited.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2; c=3"]);
+        assert_eq!(edited["host"], "h");
+        // One Cookie header is passed as it is.
+        let one = map(&[("cookie", "a=1")]);
+        let mut written = Vec::new();
+        for_each_forwarded(&one, &fwd, |n, v| written.push((n.as_str().to_owned(), v.to_vec())));
+        assert!(written.contains(&("cookie".to_owned(), b"a=1".to_vec())));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{request, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
@@ -144,14 +144,22 @@ impl HttpProxy {
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
 
-        // Host: HTTP/2 clients send :authority instead of a Host header.
-        let host = match parts.headers.get(HOST) {
-            Some(h) => Some(h.clone()),
-            None => parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()),
+        // The host asked for: a request target's authority wins over a Host header (RFC 9112
+        // §3.2.2 for absolute-form targets; HTTP/2 clients send :authority instead of Host).
+        // Userinfo (`user@`) is no part of a Host.
+        let authority = parts.uri.authority().and_then(|a| {
+            let hostport = a.as_str().rsplit('@').next().unwrap_or_default();
+            HeaderValue::from_str(hostport).ok()
+        });
+        let host = match authority {
+            Some(a) => {
+                if parts.headers.get(HOST) != Some(&a) {
+                    parts.headers.insert(HOST, a.clone());
+                }
+                Some(a)
+            }
+            None => parts.headers.get(HOST).cloned(),
         };
-        if let (false, Some(h)) = (parts.headers.contains_key(HOST), &host) {
-            parts.headers.insert(HOST, h.clone());
-        }
         // An HTTP/1.0 client may send no Host at all, but backends get HTTP/1.1, where it is
         // required: such requests name the backend they go to (as nginx does by default).
         let needs_host = host.is_none();
@@ -161,7 +169,10 @@ impl HttpProxy {
         // Backends get origin-form over HTTP/1.1 whatever the client spoke.
         if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
             parts.uri = match parts.uri.path_and_query() {
-                Some(pq) => Uri::from(pq.clone()),
+                Some(pq) if pq.as_str().starts_with('/') || pq.as_str() == "*" => Uri::from(pq.clone()),
+                // `http://host?q=1` has the query but no path: the origin form is `/?q=1`
+                // (which is how a path-and-query without a path displays).
+                Some(pq) => Uri::try_from(pq.to_string()).unwrap_or_else(|_| Uri::from_static("/")),
                 None => Uri::from_static("/"),
             };
         }
@@ -265,6 +276,11 @@ impl HttpProxy {
                                 return (answered, Some(backend.clone()));
                             }
                             let (mut rp, rbody) = resp.into_parts();
+                            // Framed by Transfer-Encoding, a Content-Length beside it is wrong
+                            // (RFC 9112 §6.3) and must not reach the client.
+                            if rp.headers.contains_key(TRANSFER_ENCODING) {
+                                rp.headers.remove(CONTENT_LENGTH);
+                            }
                             strip_hop_by_hop(&mut rp.headers, false);
                             let reuse = (!upgrade).then_some(sender);
                             (rp, UpstreamBody::hyper(rbody, reuse, in_flight, (duration, started)))
@@ -291,7 +307,7 @@ impl HttpProxy {
                             backend.conns().clear();
                             continue;
                         }
-                        TryFailure::Sent { error, .. } => {
+                        TryFailure::Sent { error, stale } => {
                             if let Some(refusal) = guard::client_fault(&*error) {
                                 // The client's body broke off or outgrew max_body_bytes: the
                                 // client's fault, not the backend's, and nothing to retry.
@@ -299,7 +315,11 @@ impl HttpProxy {
                                 return (refusal.response(version), None);
                             }
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error, "backend failed mid-request");
-                            health::passive_failure(pool, backend, "reset mid-request");
+                            // A pooled connection the backend closed as it was reused says
+                            // nothing of its health, even when the request cannot be replayed.
+                            if !stale {
+                                health::passive_failure(pool, backend, "reset mid-request");
+                            }
                         }
                         TryFailure::Timeout => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, timeout = ?pool.settings.request_timeout, "backend timed out");

@@ -284,7 +284,12 @@ impl OneConn {
 
     /// GET `path` on this connection → (status, body as text, headers).
     pub async fn get(&mut self, path: &str) -> (StatusCode, String, HeaderMap) {
-        let req = Request::builder().uri(path).header("host", "lb.test").body(Empty::new()).unwrap();
+        self.send(http::Method::GET, path).await
+    }
+
+    /// A bodiless `method` request for `path` on this connection → (status, body, headers).
+    pub async fn send(&mut self, method: http::Method, path: &str) -> (StatusCode, String, HeaderMap) {
+        let req = Request::builder().method(method).uri(path).header("host", "lb.test").body(Empty::new()).unwrap();
         self.0.ready().await.expect("connection still open");
         let resp = self.0.send_request(req).await.expect("request reached lb");
         let status = resp.status();
