@@ -13,7 +13,7 @@
 //! - a `Transfer-Encoding` other than exactly one `chunked` (hyper accepts `chunked, chunked`,
 //!   `gzip, chunked` and repeated headers, which other servers may frame differently): `400`;
 //! - more than one `Host` header (RFC 9112 §3.2; lb and the backend could each take a
-//!   different one): `400`;
+//!   different one): `400` (found where the proxy reads the host, with the same lookup);
 //! - a path and query longer than `max_uri_bytes`: `414`;
 //! - a declared `Content-Length` over `max_body_bytes`: `413`; a body without one that grows
 //!   past it is cut off there by [`ClientBody`] and answered with `413` too.
@@ -40,7 +40,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
@@ -105,9 +105,6 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Refusal> {
         if !only_chunked || headers.contains_key(CONTENT_LENGTH) {
             return Err(Refusal::TransferEncoding);
         }
-    }
-    if headers.get_all(HOST).iter().nth(1).is_some() {
-        return Err(Refusal::DuplicateHost);
     }
     if req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > limits.max_uri_bytes {
         return Err(Refusal::UriTooLong);

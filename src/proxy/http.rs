@@ -151,14 +151,20 @@ impl HttpProxy {
             let hostport = a.as_str().rsplit('@').next().unwrap_or_default();
             HeaderValue::from_str(hostport).ok()
         });
+        // One lookup finds the Host header and a second one, which is refused (RFC 9112 §3.2).
+        let mut hosts = parts.headers.get_all(HOST).iter();
+        let (first_host, more_hosts) = (hosts.next().cloned(), hosts.next().is_some());
+        if more_hosts {
+            return (guard::Refusal::DuplicateHost.response(version), None);
+        }
         let host = match authority {
             Some(a) => {
-                if parts.headers.get(HOST) != Some(&a) {
+                if first_host.as_ref() != Some(&a) {
                     parts.headers.insert(HOST, a.clone());
                 }
                 Some(a)
             }
-            None => parts.headers.get(HOST).cloned(),
+            None => first_host,
         };
         // An HTTP/1.0 client may send no Host at all, but backends get HTTP/1.1, where it is
         // required: such requests name the backend they go to (as nginx does by default).
