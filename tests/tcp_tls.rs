@@ -328,3 +328,65 @@ async fn a_replaced_certificate_is_served_after_reload_and_a_broken_one_is_refus
     assert!(err.contains("a.pem"), "{err}");
     assert_eq!(handshake(addr, "a.example", &[]).await.1, new_a.der, "old certificate kept");
 }
+
+/// A TLS-terminated tcp session whose backend sends a long answer and then keeps the
+/// connection open (any keep-alive protocol), to clients that read nothing for a while: every
+/// byte must still arrive. rustls may accept bytes to write while the socket is full and hold
+/// them until flushed; nothing else would push them out once the backend goes quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_session_delivers_its_whole_answer_while_the_backend_stays_open() {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let _ = s.write_all(&vec![7u8; u32::from_be_bytes(len) as usize]).await;
+                // Then silence, with the connection open.
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            });
+        }
+    });
+    let dir = temp_dir("held-tail");
+    write_pair(&dir, "a", &make_cert(&["a.example"]));
+    let extra = format!("tls = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}]", d = dir.display());
+    let lb = start_lb(&tcp_config(&[backend], &extra)).await;
+    let addr = lb.listener_addr("l4").unwrap();
+    let mut sessions = Vec::new();
+    for i in 0..24u32 {
+        sessions.push(tokio::spawn(async move {
+            let len = 2_000_000 + i as usize * 100_000;
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            let tcp = sock.connect(addr).await.unwrap();
+            let mut tls = connector(&[]).connect(ServerName::try_from("a.example").unwrap(), tcp).await.unwrap();
+            tls.write_all(&(len as u32).to_be_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            // Not reading yet: every buffer on the way fills up.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            let _ = tokio::time::timeout(Duration::from_secs(15), async {
+                while got < len {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => got += k,
+                    }
+                }
+            })
+            .await;
+            (len, got)
+        }));
+    }
+    let mut short = Vec::new();
+    for s in sessions {
+        let (len, got) = s.await.unwrap();
+        if got != len {
+            short.push((len, got));
+        }
+    }
+    assert!(short.is_empty(), "sessions missing the end of their answer (length, received): {short:?}");
+}

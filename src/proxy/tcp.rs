@@ -206,6 +206,11 @@ where
             done += w;
             progress.moved();
         }
+        // TLS may have taken the bytes without sending them all (the socket was full): they go
+        // out only on a flush, and the other side may send nothing more to prompt one. A no-op
+        // on plain TCP.
+        to.flush().await?;
+        progress.moved();
         *total += n as u64;
         if let Some(c) = counter {
             c.inc_by(n as u64);
