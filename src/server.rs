@@ -379,8 +379,12 @@ where
             let requests = activity.clone();
             // X-Forwarded-For's element for this client, formatted once per connection.
             let client_ip = crate::proxy::headers::client_ip_value(peer.ip());
-            let svc = hyper::service::service_fn(move |req| {
-                requests.track(proxy.clone().handle(req, peer, client_ip.clone()))
+            // An upgraded tunnel outlives its HTTP connection: it holds a drain signal of its
+            // own, so that shutdown waits for it as for a tcp session.
+            let drain = signal.clone();
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let tunnel_drain = req.headers().contains_key(http::header::UPGRADE).then(|| drain.clone());
+                requests.track(proxy.clone().handle(req, peer, client_ip.clone(), tunnel_drain))
             });
             let stream = CheckedStream::new(stream, activity.clone(), rt.max_headers);
             let conn = rt.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);

@@ -176,6 +176,52 @@ async fn websocket_upgrade_is_tunnelled() {
 }
 
 #[tokio::test]
+async fn an_upgrade_request_answered_without_101_ends_its_connection() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    // The backend answers 200: no tunnel. What follows on the connection is not served.
+    let resp = raw(
+        addr,
+        b"GET /plain HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n\
+          GET /second HTTP/1.1\r\nHost: h\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(resp.matches("HTTP/1.1 ").count(), 1, "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("connection: close"), "{resp}");
+    assert!(b.seen.lock().unwrap().iter().all(|s| s.uri != "/second"), "served after a refused upgrade");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_an_open_websocket_tunnel() {
+    let (_b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
+        head.push(byte[0]);
+    }
+    let mut echo = [0u8; 4];
+    s.write_all(b"ping").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.unwrap().unwrap();
+    let shutdown = tokio::spawn(lb.shutdown(Duration::from_secs(30)));
+    // Room for a shutdown that does not wait to be over (a bound for a broken build).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!shutdown.is_finished(), "shutdown ended with a tunnel open");
+    s.write_all(b"pong").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(&echo, b"pong", "the tunnel still works while lb drains");
+    drop(s);
+    let drained =
+        tokio::time::timeout(Duration::from_secs(10), shutdown).await.expect("shutdown ends when the tunnel does");
+    assert!(drained.unwrap(), "drained, not cut at the deadline");
+}
+
+#[tokio::test]
 async fn responses_stream_without_waiting_for_the_whole_body() {
     let (b, lb) = one_backend().await;
     let addr = lb.listener_addr("web").unwrap();

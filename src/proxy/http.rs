@@ -33,6 +33,7 @@ use crate::balance::{PickCtx, TryTimer};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, Route};
+use crate::shutdown::Signal;
 
 /// Body of every response the proxy sends: a backend's stream, or the proxy's own short text.
 pub type RespBody = Either<UpstreamBody, Full<Bytes>>;
@@ -81,12 +82,14 @@ fn is_idempotent(m: &Method) -> bool {
 impl HttpProxy {
     /// Serves one request. Never fails: every problem becomes a status code. Counts it in
     /// `lb_requests_total` once its status is known; its duration is observed when the
-    /// response ends (for a streamed body, when the last byte was passed on).
+    /// response ends (for a streamed body, when the last byte was passed on). `tunnel_drain`,
+    /// given for requests that may upgrade, is held by the tunnel so that shutdown waits for it.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         client: SocketAddr,
         client_ip: HeaderValue,
+        tunnel_drain: Option<Signal>,
     ) -> Result<Response<RespBody>, Infallible> {
         let started = std::time::Instant::now();
         let pool = self.route.load().load_full();
@@ -95,7 +98,15 @@ impl HttpProxy {
             (req.method().clone(), req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |p| p.to_string()))
         });
         let mut retries = 0;
-        let (mut resp, backend) = self.forward(req, client, client_ip, &pool, started, &mut retries).await;
+        // A head that asks to switch protocols (or CONNECT) ends what lb judges of the
+        // connection's bytes (see framing.rs): unless it becomes a tunnel, the connection ends
+        // with its answer, so that nothing after it goes on unjudged.
+        let switches = (tunnel_drain.is_some() || req.method() == Method::CONNECT) && req.version() < Version::HTTP_2;
+        let (mut resp, backend) =
+            self.forward(req, client, client_ip, tunnel_drain, &pool, started, &mut retries).await;
+        if switches && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         let code = resp.status();
         match &backend {
             Some(b) => b.metrics().requests.with_label_values(&[&*self.listener, code.as_str()]).inc(),
@@ -126,11 +137,13 @@ impl HttpProxy {
 
     /// Picks, forwards and retries; returns the response and the backend that gave it (`None`
     /// when lb answered itself).
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         mut req: Request<Incoming>,
         client: SocketAddr,
         client_ip: HeaderValue,
+        tunnel_drain: Option<Signal>,
         pool: &Arc<Pool>,
         started: std::time::Instant,
         retries: &mut usize,
@@ -274,6 +287,7 @@ impl HttpProxy {
                                         backend_upgrade,
                                         in_flight,
                                         self.tunnel_idle,
+                                        tunnel_drain,
                                     ));
                                 }
                                 let (mut rp, _) = resp.into_parts();

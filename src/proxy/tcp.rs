@@ -28,6 +28,7 @@ use crate::balance::{PickCtx, TryTimer};
 use crate::health;
 use crate::metrics::Metrics;
 use crate::pool::{Backend, InFlight, Route};
+use crate::shutdown::Signal;
 
 use super::guard;
 use super::proxy_protocol::Addresses;
@@ -223,8 +224,15 @@ where
 
 /// Joins an upgraded client connection to an upgraded backend connection (WebSocket and other
 /// `Upgrade:` protocols) and copies until both sides close, or until `idle` passes without a
-/// byte either way. `in_flight` counts the tunnel.
-pub async fn tunnel_upgraded(client: OnUpgrade, backend: OnUpgrade, in_flight: InFlight, idle: Duration) {
+/// byte either way. `in_flight` counts the tunnel, and `drain` (held until it ends) makes
+/// shutdown wait for it, up to `--shutdown-timeout`.
+pub async fn tunnel_upgraded(
+    client: OnUpgrade,
+    backend: OnUpgrade,
+    in_flight: InFlight,
+    idle: Duration,
+    drain: Option<Signal>,
+) {
     let (client, backend) = match tokio::try_join!(client, backend) {
         Ok(pair) => pair,
         Err(e) => {
@@ -235,5 +243,5 @@ pub async fn tunnel_upgraded(client: OnUpgrade, backend: OnUpgrade, in_flight: I
     let client: TokioIo<Upgraded> = TokioIo::new(client);
     let (up_r, up_w) = tokio::io::split(TokioIo::new(backend));
     splice(client, up_r, up_w, None, idle).await;
-    drop(in_flight);
+    drop((in_flight, drain));
 }
