@@ -417,7 +417,12 @@ where
                     }
                     Expired::Idle => {
                         conn.as_mut().graceful_shutdown();
-                        finish(conn, &activity, rt, peer).await;
+                        // Nothing is in flight, yet hyper may still be reading a request body
+                        // whose answer is long complete (a client trickling chunks to a backend
+                        // that answered early): one more idle_timeout, not for ever.
+                        if tokio::time::timeout(rt.timeouts.idle, finish(conn, &activity, rt, peer)).await.is_err() {
+                            tracing::debug!(listener = %rt.name, client = %peer, "request body still arriving after its answer; closing");
+                        }
                     }
                 },
             }

@@ -1,6 +1,8 @@
 //! Byte-stream sessions (tcp mode, and upgraded HTTP connections such as WebSocket) end after
 //! the listener's `idle_timeout` without a byte delivered either way: a silent session, and one
-//! whose client stopped reading, are closed on both sides; one that keeps moving is not.
+//! whose client stopped reading, are closed on both sides; one that keeps moving is not. An
+//! HTTP connection whose request body keeps trickling after its answer is complete is closed
+//! too.
 //!
 //! `idle_timeout` is 1 s here; every wait below is bounded only to keep a broken build from
 //! hanging, never to measure how fast lb was.
@@ -136,4 +138,47 @@ async fn an_idle_websocket_tunnel_is_closed_after_idle_timeout() {
         .expect("the idle tunnel was closed")
         .expect("closed cleanly");
     assert_eq!(n, 0, "{rest:?}");
+}
+
+#[tokio::test]
+async fn a_request_body_trickling_after_its_answer_does_not_hold_the_connection() {
+    // A backend that answers at once, then reads (and drops) whatever comes.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+                while let Ok(1..) = s.read(&mut buf).await {}
+            });
+        }
+    });
+    let toml = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"p\"\nidle_timeout = \"1s\"\n\n\
+         [pools.p]\nstrategy = \"round_robin\"\nrequest_timeout = \"60s\"\nbackends = [{{ addr = \"{backend}\" }}]\n"
+    );
+    let lb = start_lb(&toml).await;
+    let client = TcpStream::connect(lb.listener_addr("web").unwrap()).await.unwrap();
+    let (mut rd, mut wr) = client.into_split();
+    wr.write_all(b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nB\r\n").await.unwrap();
+    // A chunk every 200 ms, for as long as the connection takes them.
+    let trickle = tokio::spawn(async move {
+        while wr.write_all(b"1\r\nB\r\n").await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, rd.read_to_end(&mut answer)).await;
+    trickle.abort();
+    assert!(read.is_ok(), "the connection was still open after {PATIENCE:?}");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
 }
