@@ -87,8 +87,9 @@ pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
                 Some(old) if old.name == b.name && old.weight == b.weight && tls.is_none() && old.tls().is_none() => {
                     old.clone()
                 }
-                Some(old) if old.name == b.name => Arc::new(old.reweighted(b.weight).with_tls(tls)),
-                _ => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight).with_tls(tls)),
+                // Renamed or reweighted: the same backend, its health and in-flight count kept.
+                Some(old) => Arc::new(old.reconfigured(&b.name, b.weight).with_tls(tls)),
+                None => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight).with_tls(tls)),
             }
         })
         .collect();

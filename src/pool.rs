@@ -30,7 +30,7 @@ pub struct Backend {
     pub weight: u32,
     /// How the backend is reached over TLS; `None` for plain TCP.
     tls: Option<Arc<UpstreamTls>>,
-    /// Everything that changes while the backend lives; shared with a reweighted copy.
+    /// Everything that changes while the backend lives; shared with a reconfigured copy.
     state: Arc<BackendState>,
 }
 
@@ -53,10 +53,11 @@ impl Backend {
         Backend { name: name.into(), addr, weight: weight.max(1), tls: None, state: Arc::default() }
     }
 
-    /// The same backend (same counters, connections and health) under a new weight.
-    pub fn reweighted(&self, weight: u32) -> Self {
+    /// The same backend (same counters, connections and health) under a new name and weight:
+    /// a reload that keeps its address keeps what it knows of it.
+    pub fn reconfigured(&self, name: &str, weight: u32) -> Self {
         Backend {
-            name: self.name.clone(),
+            name: name.to_owned(),
             addr: self.addr,
             weight: weight.max(1),
             tls: self.tls.clone(),
@@ -81,7 +82,7 @@ impl Backend {
         self.tls.as_ref().map_or(0, |t| t.id())
     }
 
-    /// True when both share their state (one is a reweighted copy of the other).
+    /// True when both share their state (one is a reconfigured copy of the other).
     pub fn same_state(&self, other: &Backend) -> bool {
         Arc::ptr_eq(&self.state, &other.state)
     }

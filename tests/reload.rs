@@ -417,3 +417,31 @@ async fn reload_keeps_the_connection_limit() {
     let res = tokio::time::timeout(PATIENCE, r3).await.unwrap().unwrap();
     assert_eq!(res.unwrap(), (200, "a".into()));
 }
+
+/// A reload that only renames a backend (same pool, same address) keeps what lb knows of it:
+/// its request in flight (least_connections relies on it) and its health.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_backend_keeps_its_state() {
+    let b = backends(["a"]).await;
+    let cfg = |name: &str| {
+        format!(
+            "{}[pools.app]\nstrategy = \"least_connections\"\nbackends = [{{ addr = \"{}\", name = \"{name}\" }}]\n",
+            web("app"),
+            b[0].addr
+        )
+    };
+    let mut lb = start_lb(&cfg("old")).await;
+    let addr = lb.listener_addr("web").unwrap();
+    let mut c = Conn::open(addr).await;
+    let mut body = c.head("/stream").await.unwrap().into_body();
+    assert_eq!(read_until(&mut body, "first;").await.unwrap(), "first;");
+    let before = lb.pool("app").unwrap().load().backends[0].clone();
+    assert_eq!((before.name.as_str(), before.in_flight()), ("old", 1));
+
+    lb.apply(lb::config::parse(std::path::Path::new("lb.toml"), &cfg("new")).unwrap().config).unwrap();
+    let after = lb.pool("app").unwrap().load().backends[0].clone();
+    assert_eq!((after.name.as_str(), after.in_flight()), ("new", 1), "the request in flight was forgotten");
+    b[0].release();
+    assert_eq!(read_until(&mut body, "second").await.unwrap(), "second");
+    wait_until("the in-flight count drops to 0", || after.in_flight() == 0).await;
+}
