@@ -195,7 +195,7 @@ impl Running {
         running.metrics.set_pools(running.pools.clone());
         running.metrics.mark_loaded();
         for (l, sock, tls) in bound {
-            running.spawn_listener(l, sock, tls);
+            running.spawn_listener(l, sock, tls, None);
         }
         running.publish_status();
         if let Some(sock) = admin_sock {
@@ -207,11 +207,14 @@ impl Running {
         Ok(running)
     }
 
+    /// Starts accepting on `sock` on every worker. `limit_of`: the runtime that served the
+    /// socket before (a renamed listener), whose connection limit this one takes over.
     fn spawn_listener(
         &mut self,
         cfg: ListenerConfig,
         sock: impl Into<Arc<std::net::TcpListener>>,
         extras: ListenerExtras,
+        limit_of: Option<&ArcSwap<ListenerRuntime>>,
     ) {
         let sock: Arc<std::net::TcpListener> = sock.into();
         let local = sock.local_addr().unwrap_or(cfg.bind);
@@ -220,7 +223,11 @@ impl Running {
             return;
         };
         let route: Route = Arc::new(ArcSwap::new(pool.clone()));
-        let runtime = Arc::new(ArcSwap::from_pointee(ListenerRuntime::new(&cfg, route.clone(), &self.metrics, extras)));
+        let mut runtime = ListenerRuntime::new(&cfg, route.clone(), &self.metrics, extras);
+        if let Some(prev) = limit_of {
+            runtime.inherit_limit(&prev.load());
+        }
+        let runtime = Arc::new(ArcSwap::from_pointee(runtime));
         let stop = Drain::default();
         tracing::info!(listener = %cfg.name, addr = %local, mode = cfg.mode.as_str(), pool = %cfg.pool, "listening");
         for (i, worker) in self.workers.handles().iter().enumerate() {
@@ -303,11 +310,13 @@ impl Running {
                     .listeners
                     .values()
                     .find(|s| l.bind.port() != 0 && (s.cfg.bind == l.bind || s.local == l.bind) && leaving(s));
-                let sock = match held {
-                    Some(s) => s.sock.clone(),
-                    None => Arc::new(bind(l)?),
+                // A handed-over socket comes with the open connections it accepted, and so
+                // with the permits they hold: its limit goes along.
+                let (sock, limit) = match held {
+                    Some(s) => (s.sock.clone(), Some(s.runtime.clone())),
+                    None => (Arc::new(bind(l)?), None),
                 };
-                fresh.insert(l.name.clone(), sock);
+                fresh.insert(l.name.clone(), (sock, limit));
             }
         }
         if new.admin != self.config.admin {
@@ -363,8 +372,8 @@ impl Running {
         }
         for l in &new.listeners {
             let extras = extras.remove(&l.name).unwrap_or_default();
-            if let Some(sock) = fresh.remove(&l.name) {
-                self.spawn_listener(l.clone(), sock, extras);
+            if let Some((sock, limit)) = fresh.remove(&l.name) {
+                self.spawn_listener(l.clone(), sock, extras, limit.as_deref());
             } else if let (Some(slot), Some(pool)) = (self.listeners.get_mut(&l.name), self.pools.get(&l.pool)) {
                 slot.route.store(pool.clone());
                 let mut runtime = ListenerRuntime::new(l, slot.route.clone(), &self.metrics, extras);

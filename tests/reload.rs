@@ -391,20 +391,42 @@ async fn kept_backend_keeps_its_in_flight_count() {
 /// of `max_connections` permits while the old connections still hold theirs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_keeps_the_connection_limit() {
+    connection_limit_across_a_reload(false).await;
+}
+
+/// The same when the reload renames the listener: the new name takes over the socket, its
+/// open connections and the permits they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_listener_keeps_the_connection_limit() {
+    connection_limit_across_a_reload(true).await;
+}
+
+async fn connection_limit_across_a_reload(rename: bool) {
     let b = backends(["a"]).await;
-    let cfg = format!("{}max_connections = 1\n\n{}", web("app"), pool("app", "round_robin", &[&b[0]], ""));
+    let pool_cfg = pool("app", "round_robin", &[&b[0]], "");
+    let cfg = format!("{}max_connections = 1\n\n{pool_cfg}", web("app"));
     let mut lb = start_lb(&cfg).await;
     let addr = lb.listener_addr("web").unwrap();
     let mut c1 = Conn::open(addr).await;
     assert_eq!(c1.get("/").await.unwrap(), (200, "a".into()));
 
-    let loaded = lb::config::parse(std::path::Path::new("lb.toml"), &cfg).unwrap();
+    let next = if rename {
+        format!("{}max_connections = 1\n\n{pool_cfg}", listener("front", &addr.to_string(), "http", "app"))
+    } else {
+        cfg.clone()
+    };
+    let loaded = lb::config::parse(std::path::Path::new("lb.toml"), &next).unwrap();
     lb.apply(loaded.config).unwrap();
+    assert_eq!(lb.listener_addr(if rename { "front" } else { "web" }), Some(addr));
 
-    // c2 and c3 wait in the backlog; closing c1 lets exactly one of them in.
+    // c2 and c3 wait in the backlog while c1 is open; closing c1 lets exactly one of them in.
     let mut c2 = Conn::open(addr).await;
+    let mut r2 = tokio::spawn(async move { (c2.get("/").await, c2) });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), &mut r2).await.is_err(),
+        "a second connection was served past max_connections = 1 while the first is open"
+    );
     let mut c3 = Conn::open(addr).await;
-    let r2 = tokio::spawn(async move { (c2.get("/").await, c2) });
     let mut r3 = tokio::spawn(async move { c3.get("/").await });
     c1.close();
     let (res, c2) = tokio::time::timeout(PATIENCE, r2).await.unwrap().unwrap();
