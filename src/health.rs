@@ -49,8 +49,11 @@ pub struct HealthState {
     up: AtomicBool,
     ok_streak: AtomicU32,
     fail_streak: AtomicU32,
-    /// Unix time (ms) of the last transition, or of creation.
+    /// Unix time (ms) of the last transition, or of creation: for people (the status page).
     since_ms: AtomicU64,
+    /// The same moment on a monotonic clock ([`mono_ms`]): for timing the passive cooldown,
+    /// which a wall-clock step (NTP) must not stretch or cut short.
+    since_mono_ms: AtomicU64,
     transitions: AtomicU64,
     last_check: AtomicU8,
     last_reason: Mutex<String>,
@@ -58,6 +61,13 @@ pub struct HealthState {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Milliseconds since the first call, on the monotonic clock.
+fn mono_ms() -> u64 {
+    static BASE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(std::time::Instant::now);
+    u64::try_from(base.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Default for HealthState {
@@ -68,6 +78,7 @@ impl Default for HealthState {
             ok_streak: AtomicU32::new(0),
             fail_streak: AtomicU32::new(0),
             since_ms: AtomicU64::new(now_ms()),
+            since_mono_ms: AtomicU64::new(mono_ms()),
             transitions: AtomicU64::new(0),
             last_check: AtomicU8::new(0),
             last_reason: Mutex::new(String::new()),
@@ -116,6 +127,7 @@ impl HealthState {
             self.ok_streak.store(0, Ordering::Relaxed);
             self.fail_streak.store(0, Ordering::Relaxed);
             self.since_ms.store(now_ms(), Ordering::Relaxed);
+            self.since_mono_ms.store(mono_ms(), Ordering::Relaxed);
             self.transitions.fetch_add(1, Ordering::Relaxed);
         }
         won
@@ -124,6 +136,12 @@ impl HealthState {
     /// Unix time in milliseconds of the last transition (or creation).
     pub fn since_ms(&self) -> u64 {
         self.since_ms.load(Ordering::Relaxed)
+    }
+
+    /// When the passive cooldown of a backend taken out at the last transition ends, in
+    /// [`mono_ms`] terms.
+    fn cooldown_ends_mono_ms(&self) -> u64 {
+        self.since_mono_ms.load(Ordering::Relaxed).saturating_add(PASSIVE_COOLDOWN.as_millis() as u64)
     }
 
     /// Number of up/down transitions so far.
@@ -243,24 +261,20 @@ async fn publish_loop(handle: PoolHandle, events: Arc<Notify>, passive_only: boo
     loop {
         let next_readmit = if passive_only {
             let pool = handle.load();
-            pool.backends
-                .iter()
-                .filter(|b| !b.health().is_up())
-                .map(|b| b.health().since_ms() + PASSIVE_COOLDOWN.as_millis() as u64)
-                .min()
+            pool.backends.iter().filter(|b| !b.health().is_up()).map(|b| b.health().cooldown_ends_mono_ms()).min()
         } else {
             None
         };
         match next_readmit {
             Some(at_ms) => {
-                let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()));
+                let wait = Duration::from_millis(at_ms.saturating_sub(mono_ms()));
                 tokio::select! {
                     _ = events.notified() => {}
                     _ = tokio::time::sleep(wait) => {
                         let pool = handle.load_full();
-                        let now = now_ms();
+                        let now = mono_ms();
                         for b in pool.backends.iter().filter(|b| !b.health().is_up()) {
-                            if b.health().since_ms() + PASSIVE_COOLDOWN.as_millis() as u64 <= now && b.health().readmit() {
+                            if b.health().cooldown_ends_mono_ms() <= now && b.health().readmit() {
                                 tracing::info!(pool = %pool.name, backend = %b.name, "backend readmitted after passive cooldown");
                             }
                         }

@@ -218,6 +218,32 @@ async fn all_backends_killed_gives_503_once_detected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passively_failed_backend_is_readmitted_after_the_cooldown() {
+    let a = TestBackend::start("a").await;
+    // No active check: live traffic takes it out, the 10 s cooldown brings it back.
+    let toml = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n[pools.app]\nstrategy = \"round_robin\"\n{}\n",
+        backends_toml(&[&a])
+    );
+    let lb = start_lb(&toml).await;
+    let addr = lb.listener_addr("web").unwrap();
+    let client = client();
+    assert_eq!(get(&client, addr, "/").await.0, 200);
+    a.kill();
+    for _ in 0..20 {
+        if up_names(&lb, "app").is_empty() {
+            break;
+        }
+        get(&client, addr, "/").await;
+    }
+    assert!(up_names(&lb, "app").is_empty(), "three failed connects take it out");
+    let _back = TestBackend::start_on("a", a.addr).await;
+    // Neither a request nor a probe: the cooldown alone readmits it.
+    assert!(eventually(Duration::from_secs(20), || up_names(&lb, "app") == ["a"]).await, "never readmitted");
+    assert_eq!(get(&client, addr, "/").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_pooled_connections_are_retried_transparently() {
     let (addr_b, answered) = closes_reused_connections().await;
     let toml = format!(
