@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use prometheus::core::{Collector, Desc};
+use prometheus::core::{Collector, Desc, MetricVec, MetricVecBuilder};
 use prometheus::proto::{Gauge as GaugeProto, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -154,6 +154,8 @@ impl Metrics {
     pub fn set_pools(&self, pools: BTreeMap<String, PoolHandle>) {
         for name in self.pools.load().keys().filter(|n| !pools.contains_key(*n)) {
             let _ = self.retries.remove_label_values(&[name]);
+            remove_where(&self.local_requests, "pool", name);
+            remove_where(&self.local_duration, "pool", name);
         }
         for name in pools.keys() {
             self.retries.with_label_values(&[name]);
@@ -166,12 +168,20 @@ impl Metrics {
         self.pools.load_full()
     }
 
-    /// Deletes the series of a listener that a reload removed.
+    /// Deletes the series of a listener that a reload removed, its requests' included.
     pub fn forget_listener(&self, name: &str) {
         let _ = self.connections_open.remove_label_values(&[name]);
         let _ = self.connections_total.remove_label_values(&[name]);
         let _ = self.tcp_bytes.remove_label_values(&[name, "in"]);
         let _ = self.tcp_bytes.remove_label_values(&[name, "out"]);
+        remove_where(&self.local_requests, "listener", name);
+        remove_where(&self.local_duration, "listener", name);
+        for pool in self.pools.load().values() {
+            for b in pool.load().backends.iter() {
+                remove_where(&b.metrics().requests, "listener", name);
+                remove_where(&b.metrics().duration, "listener", name);
+            }
+        }
     }
 
     /// Counts a reload; a success also stamps the last-success time.
@@ -233,6 +243,22 @@ fn family(name: &str, help: &str, kind: MetricType) -> MetricFamily {
     f.set_help(help.into());
     f.set_field_type(kind);
     f
+}
+
+/// Removes every series of `vec` whose label `name` has `value` (prometheus removes only exact
+/// label sets, so the sets are read back from what the vector holds).
+fn remove_where<T: MetricVecBuilder>(vec: &MetricVec<T>, name: &str, value: &str) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels = metric.get_label();
+            if labels.iter().any(|l| l.name() == name && l.value() == value) {
+                let values: Vec<&str> = labels.iter().map(LabelPair::value).collect();
+                let by_name: std::collections::HashMap<&str, &str> =
+                    labels.iter().map(|l| l.name()).zip(values.iter().copied()).collect();
+                let _ = vec.remove(&by_name);
+            }
+        }
+    }
 }
 
 fn label(name: &str, value: &str) -> LabelPair {

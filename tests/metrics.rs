@@ -303,3 +303,45 @@ async fn retries_are_counted_only_when_another_backend_is_tried() {
     assert_eq!(value(&samples, "lb_retries_total", &[("pool", "alone")]), Some(0.0));
     assert_eq!(value(&samples, "lb_retries_total", &[("pool", "pair")]), Some(1.0));
 }
+
+/// A reload that removes a listener and a pool deletes every series naming them: the
+/// listener's requests on backends that stay, and the proxy's own answers for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_listener_and_pool_leave_no_series_behind() {
+    let a = TestBackend::start("a").await;
+    let web = |name: &str, pool: &str| {
+        format!("[[listeners]]\nname = \"{name}\"\nbind = \"127.0.0.1:0\"\npool = \"{pool}\"\n\n")
+    };
+    let app = format!("[pools.app]\nstrategy = \"round_robin\"\n{}\n", backends_toml(&[&a]));
+    let empty = "[pools.empty]\nstrategy = \"random\"\nbackends = [{ addr = \"127.0.0.1:9\", name = \"nowhere\" }]\n\
+                 [pools.empty.health]\nkind = \"tcp\"\ninterval = \"100ms\"\nfall = 1\n";
+    let before = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n{}{}{}{app}{empty}",
+        web("web", "app"),
+        web("old", "app"),
+        web("dead", "empty")
+    );
+    let mut lb = lb::app::Running::start(lb::config::parse(std::path::Path::new("lb.toml"), &before).unwrap().config)
+        .await
+        .unwrap();
+    assert!(eventually(Duration::from_secs(3), || up_names(&lb, "empty").is_empty()).await);
+    let client = client();
+    for (listener, status) in [("web", 200), ("old", 200), ("dead", 503)] {
+        assert_eq!(get(&client, lb.listener_addr(listener).unwrap(), "/").await.0, status);
+    }
+    let (_, s) = scrape(&lb).await;
+    let naming = |s: &[Sample], key: &str, value: &str| {
+        s.iter().filter(|x| x.labels.get(key).map(String::as_str) == Some(value)).count()
+    };
+    assert!(naming(&s, "listener", "old") > 0 && naming(&s, "listener", "dead") > 0 && naming(&s, "pool", "empty") > 0);
+
+    let after = format!("[admin]\nbind = \"127.0.0.1:0\"\n\n{}{app}", web("web", "app"));
+    lb.apply(lb::config::parse(std::path::Path::new("lb.toml"), &after).unwrap().config).unwrap();
+    let (text, s) = scrape(&lb).await;
+    promtool_check(&text);
+    for (key, value) in [("listener", "old"), ("listener", "dead"), ("pool", "empty")] {
+        assert_eq!(naming(&s, key, value), 0, "series with {key}=\"{value}\" remain:\n{text}");
+    }
+    let kept = [("listener", "web"), ("pool", "app"), ("backend", "a"), ("code", "200")];
+    assert_eq!(value(&s, "lb_requests_total", &kept), Some(1.0));
+}
