@@ -228,6 +228,164 @@ async fn a_pipelined_request_before_a_smuggling_head_is_still_answered() {
     normal_request_is_served(addr, &b).await;
 }
 
+/// A head with both `Content-Length` and `Transfer-Encoding`, sent behind bytes that must not
+/// hide it from the proxy's judging.
+const SMUGGLED: &[u8] =
+    b"GET /smuggled HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+/// Sends `first` and then [`SMUGGLED`] on one connection: `first` is served (`forwarded`
+/// requests reach the backend, when given), the smuggled head gets the proxy's 400 (unless
+/// `may_close_first`: the connection may also end with `first`'s answer, before it is read) and
+/// the close, and it never reaches the backend.
+async fn smuggled_head_is_judged_after(
+    addr: SocketAddr,
+    b: &TestBackend,
+    what: &str,
+    first: &[u8],
+    forwarded: Option<usize>,
+    may_close_first: bool,
+) {
+    b.hits.store(0, Ordering::SeqCst);
+    b.seen.lock().unwrap().clear();
+    let r = send(addr, &[first, SMUGGLED].concat()).await;
+    let text = r.text();
+    assert!(r.closed, "{what}: connection left open: {text}");
+    let refused = text.ends_with("400 Bad Request: both Content-Length and Transfer-Encoding\n");
+    assert!(refused || may_close_first && text.ends_with("\r\n\r\na"), "{what}: {text}");
+    let uris: Vec<String> = b.seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
+    assert!(!uris.iter().any(|u| u == "/smuggled" || u == "/fake"), "{what}: the backend saw {uris:?}");
+    if let Some(n) = forwarded {
+        assert_eq!(b.hits(), n, "{what}: the backend saw {uris:?}");
+    }
+    normal_request_is_served(addr, b).await;
+}
+
+/// hyper ends a trailer line only at CRLF: after the last chunk, a bare LF starts a trailer,
+/// and `GET /fake ...` up to the CRLF CRLF is trailer bytes, not a head whose body would hide
+/// the next request.
+#[tokio::test]
+async fn a_bare_lf_in_trailers_does_not_hide_the_next_head() {
+    let (b, _lb, addr) = lb_with("").await;
+    // The second one's trailers do not parse as headers: hyper fails the body, and the request
+    // may or may not have reached the backend by then.
+    for (trailers, forwarded) in [
+        (format!("0\r\n\nGET /fake HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", SMUGGLED.len()), Some(1)),
+        (format!("0\r\nX-T: a\nGET /fake HTTP/1.1\r\nContent-Length: {}\r\n\r\n", SMUGGLED.len()), None),
+    ] {
+        let first =
+            format!("POST /first HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nA\r\n{trailers}");
+        smuggled_head_is_judged_after(addr, &b, &format!("{trailers:?}"), first.as_bytes(), forwarded, false).await;
+    }
+}
+
+/// hyper takes a chunk size with any number of leading zeros; so must the judging, rather than
+/// stop at 16 digits and let the next head through unjudged.
+#[tokio::test]
+async fn chunk_sizes_with_many_leading_zeros_do_not_hide_the_next_head() {
+    let (b, _lb, addr) = lb_with("").await;
+    for body in
+        [format!("{}\r\n\r\n", "0".repeat(17)), format!("{}1\r\nA\r\n{}\r\n\r\n", "0".repeat(40), "0".repeat(100))]
+    {
+        let first = format!("POST /first HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{body}");
+        smuggled_head_is_judged_after(addr, &b, &body, first.as_bytes(), Some(1), false).await;
+    }
+}
+
+/// A chunked body hyper fails to decode: its 400 and the close, and nothing after the bad byte
+/// is read as a request.
+#[tokio::test]
+async fn a_malformed_chunk_ends_the_connection_with_nothing_after_it_read() {
+    let (b, _lb, addr) = lb_with("").await;
+    for body in ["zz\r\n", "1\nA\r\n0\r\n\r\n", "1\r\nAB\r\n0\r\n\r\n", "0\r\n\r\r\n"] {
+        let bytes = format!("POST /first HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{body}GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
+        b.seen.lock().unwrap().clear();
+        let r = send(addr, bytes.as_bytes()).await;
+        assert!(r.closed, "{body:?}: connection left open: {}", r.text());
+        assert_eq!(r.text().matches("HTTP/1.1 ").count(), 1, "{body:?}: {}", r.text());
+        assert_eq!(r.status(), 400, "{body:?}: {}", r.text());
+        let uris: Vec<String> = b.seen.lock().unwrap().iter().map(|s| s.uri.clone()).collect();
+        assert!(!uris.iter().any(|u| u == "/smuggled"), "{body:?}: the backend saw {uris:?}");
+        normal_request_is_served(addr, &b).await;
+    }
+}
+
+/// hyper does not parse a `Content-Length` that follows `Transfer-Encoding` (it would serve
+/// the request): refused as smuggling whatever its value.
+#[tokio::test]
+async fn transfer_encoding_with_an_unparsable_content_length_gets_400() {
+    let (b, _lb, addr) = lb_with("").await;
+    for value in ["1, 1", "+3", ""] {
+        let head = format!(
+            "POST /te-cl HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: {value}\r\n\r\n0\r\n\r\n\
+             GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+        );
+        let r = send(addr, head.as_bytes()).await;
+        let text = r.text();
+        assert_eq!(r.status(), 400, "{value:?}: {text}");
+        assert!(r.closed, "{value:?}: connection left open");
+        assert!(text.ends_with("both Content-Length and Transfer-Encoding\n"), "{value:?}: {text}");
+        assert_eq!(b.hits(), 0, "{value:?}: the backend saw {:?}", b.last_seen());
+        normal_request_is_served(addr, &b).await;
+        b.hits.store(0, Ordering::SeqCst);
+    }
+}
+
+/// An `Upgrade` header without `upgrade` in `Connection` is not an upgrade lb makes: the heads
+/// after it are still judged. (hyper still keeps such a request's upgrade pending, and then
+/// drops the connection without shutting it down, so the 400 may not be written; or lb ends
+/// the connection with the first answer. Either way the smuggled head goes nowhere.)
+#[tokio::test]
+async fn an_upgrade_header_lb_does_not_act_on_leaves_the_next_head_judged() {
+    let (b, _lb, addr) = lb_with("").await;
+    for first in [
+        &b"GET /first HTTP/1.1\r\nHost: h\r\nUpgrade: foo\r\n\r\n"[..],
+        b"GET /first HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n\r\n",
+    ] {
+        smuggled_head_is_judged_after(addr, &b, &String::from_utf8_lossy(first), first, Some(1), true).await;
+    }
+}
+
+/// A head trickled in one line per segment gets 431 as soon as it has more lines than
+/// `max_headers`, without waiting for it to end (nor rescanning it on every segment).
+#[tokio::test]
+async fn a_trickled_head_with_too_many_lines_gets_431_before_it_ends() {
+    let (b, _lb, addr) = lb_with("header_timeout = \"5s\"").await;
+    let s = TcpStream::connect(addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let answered = Arc::new(AtomicBool::new(false));
+    let a = answered.clone();
+    let reader = tokio::spawn(async move {
+        let mut bytes = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(PATIENCE, rd.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    bytes.extend_from_slice(&buf[..n]);
+                    a.store(true, Ordering::SeqCst);
+                }
+                Ok(_) => return (bytes, true),
+                Err(_) => return (bytes, false),
+            }
+        }
+    });
+    wr.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").await.unwrap();
+    // Far fewer than the head would need to reach 64 KiB; the default max_headers is 100.
+    for _ in 0..3000 {
+        if answered.load(Ordering::SeqCst) || wr.write_all(b"a\n").await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let (bytes, closed) = reader.await.unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 431 "), "{text}");
+    assert!(text.ends_with("\r\n\r\n431 Request Header Fields Too Large\n"), "{text}");
+    assert!(closed, "connection left open");
+    assert_eq!(b.hits(), 0);
+    normal_request_is_served(addr, &b).await;
+}
+
 // ---- size limits ----
 
 #[tokio::test]

@@ -7,8 +7,8 @@
 //! dropped after `idle_timeout`), both only on change, so that the usual request costs no timer.
 //!
 //! Bytes normally go straight from the socket into hyper's buffer and are only looked at there;
-//! they are copied into this wrapper's own buffer only when a read ends inside a head (or a
-//! chunk-size line), which is held back until it is whole.
+//! they are copied into this wrapper's own buffer only when a read ends inside a head, which is
+//! held back until it is whole.
 //!
 //! A refused head is answered (`400`, or `431` for a head over 64 KiB or with more than
 //! `max_headers` lines) and the connection is closed, after whatever came before it on the
@@ -18,6 +18,9 @@
 //! - earlier requests were (pipelined): hyper is never given the refused head, the serving task
 //!   is told through [`Activity::stop_reading`] to shut the connection down gracefully, hyper
 //!   finishes the responses in flight, and the answer is written when it shuts the stream down.
+//!
+//! A chunked body hyper fails to decode is passed up to the failing byte (hyper answers it) and
+//! nothing after it is read, as after a refused head.
 
 use std::io;
 use std::pin::Pin;
@@ -48,6 +51,8 @@ fn answer(why: Refusal) -> &'static [u8] {
     match why {
         Refusal::Smuggling => SMUGGLING,
         Refusal::TooLarge => TOO_LARGE,
+        // hyper answers the byte it fails on.
+        Refusal::Malformed => b"",
     }
 }
 
@@ -98,14 +103,20 @@ impl<S> CheckedStream<S> {
 impl<S: AsyncWrite + Unpin> CheckedStream<S> {
     fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let answer = self.refused.unwrap_or_default();
+        // Through `note_write` like hyper's writes: a client that stops reading the answer is
+        // still dropped after `idle_timeout`.
         while self.answered < answer.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &answer[self.answered..]))?;
+            let res = Pin::new(&mut self.inner).poll_write(cx, &answer[self.answered..]);
+            self.note_write(written(&res));
+            let n = ready!(res)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.answered += n;
         }
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note_write(res.is_pending().then_some(true));
+        res
     }
 }
 
@@ -186,7 +197,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                 }
                 continue;
             }
-            // Slow path: more bytes after an incomplete head or line.
+            // Slow path: more bytes after an incomplete head.
             let len = this.held.len();
             this.held.resize(len + READ_CHUNK, 0);
             let mut buf = ReadBuf::new(&mut this.held[len..]);
@@ -195,18 +206,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
             this.held.truncate(len + got);
             ready!(res)?;
             if got == 0 {
-                // The client ended inside a head or line: no request can come of it. Let hyper
+                // The client ended inside a head: no request can come of it. Let hyper
                 // see the bytes and the end, and answer as it does for a truncated head.
                 this.ready = this.held.len();
                 this.note_head();
                 continue;
             }
-            // A head can only end with a line end: while none arrives (a client dribbling its
-            // head), do not judge the held head again from its start.
-            let dribbling = this.scanner.in_head() && this.held.len() <= super::framing::MAX_HEAD;
-            if dribbling && memchr::memchr(b'\n', &this.held[len..]).is_none() {
-                continue;
-            }
+            // The scanner goes on from where it stopped in the held head (each byte is scanned
+            // once, however the head is trickled in).
             match this.scanner.scan(&this.held) {
                 Scan::Pass(n) => this.ready = n,
                 Scan::Refuse(n, why) => {
@@ -270,6 +277,62 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::guard::{ConnTimeouts, Expired};
+    use std::time::Duration;
+
+    /// A client that sends `head` and then nothing, and never reads.
+    struct NotReading(Option<&'static [u8]>);
+
+    impl AsyncRead for NotReading {
+        fn poll_read(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            match self.0.take() {
+                Some(head) => {
+                    buf.put_slice(head);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Pending,
+            }
+        }
+    }
+
+    impl AsyncWrite for NotReading {
+        fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    /// The refusal is written like any answer: a client that does not take it is a stalled
+    /// reader, cut after `idle_timeout` (not left to the idle timer, or to nothing).
+    #[tokio::test(start_paused = true)]
+    async fn a_client_not_taking_the_refusal_is_stalled() {
+        let activity = Activity::default();
+        // A request was served before (the refused head came pipelined behind it).
+        let served = async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
+        };
+        drop(activity.track(served).await);
+        let head = b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let mut s = CheckedStream::new(NotReading(Some(head)), activity.clone(), 100);
+        let mut buf = [0u8; 256];
+        let pending = std::future::poll_fn(|cx| {
+            let mut out = ReadBuf::new(&mut buf);
+            Poll::Ready(Pin::new(&mut s).poll_read(cx, &mut out).is_pending())
+        })
+        .await;
+        assert!(pending);
+        let t = ConnTimeouts {
+            first_request: Duration::from_secs(3600),
+            idle: Duration::from_secs(60),
+            head: Duration::from_secs(3600),
+        };
+        assert_eq!(activity.expired(t).await, Expired::Stalled);
+    }
 
     #[test]
     fn the_answers_declare_their_body_length() {

@@ -11,64 +11,84 @@
 //! It also refuses heads over 64 KiB or with more header lines than `max_headers` (`431`),
 //! so that those get lb's own answer too.
 //!
-//! The scanner only has to be right where hyper would accept the bytes: where hyper will refuse
-//! them itself (a malformed head, a bad chunk size, a second different length) the scanner stops
-//! judging (`State::Off`) and hyper answers `400` and closes. It also stops after an
-//! `Upgrade`/`CONNECT` head (what follows is a tunnel, not HTTP) and for HTTP/2 with prior
-//! knowledge (the `PRI * HTTP/2.0` preface).
+//! The scanner must see every message boundary where hyper does. Chunked bodies are followed
+//! byte by byte with hyper's own state machine (`proto/h1/decode.rs`); at a byte hyper fails on,
+//! the scanner passes that byte (hyper answers) and refuses everything after it
+//! ([`Refusal::Malformed`]). A head hyper refuses itself (a line without a colon, a bad or second
+//! different `Content-Length`) turns the scanner off (`State::Off`): hyper answers `400` and
+//! closes. It is also off after a head lb tunnels (an HTTP/1.1 upgrade, `CONNECT`) and for
+//! HTTP/2 with prior knowledge (the `PRI * HTTP/2.0` preface).
 
-use memchr::memchr;
+use memchr::{memchr, memchr2};
 
-/// A head that has not ended within this many bytes is left to hyper, which answers 431 (its
-/// buffer is this size, see [`crate::server::MAX_HEAD_BYTES`]).
+/// A head that has not ended within this many bytes is refused (hyper's buffer is this size,
+/// see [`crate::server::MAX_HEAD_BYTES`]).
 pub const MAX_HEAD: usize = crate::server::MAX_HEAD_BYTES;
-
-/// A chunk-size or trailer line longer than this is left to hyper (which allows 16 KiB of chunk
-/// extensions per body and errors past that).
-const MAX_LINE: usize = 20 * 1024;
 
 /// What [`Scanner::scan`] found in the bytes it was given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scan {
-    /// The first `n` bytes may be handed on; the rest, if any, is an incomplete head or line
-    /// that must be seen whole before it can be judged. Scan it again with more bytes after it.
+    /// The first `n` bytes may be handed on; the rest, if any, is an incomplete head that must
+    /// be seen whole before it can be judged. Scan it again with more bytes after it.
     Pass(usize),
-    /// The first `n` bytes may be handed on; the request head that starts there is refused.
+    /// The first `n` bytes may be handed on; nothing after them may (see [`Refusal`]).
     Refuse(usize, Refusal),
 }
 
-/// Why a head is refused.
+/// Why the stream is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Both `Content-Length` and `Transfer-Encoding` (`400`).
+    /// A head with both `Content-Length` and `Transfer-Encoding` (`400`).
     Smuggling,
-    /// Longer than 64 KiB, or more header lines than `max_headers` (`431`).
+    /// A head longer than 64 KiB, or with more header lines than `max_headers` (`431`).
     TooLarge,
+    /// A chunked body hyper fails to decode at the last byte passed: hyper answers it, lb adds
+    /// nothing and reads no further.
+    Malformed,
 }
 
 /// Where in the request stream the scanner is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Expecting a request head (possibly after empty lines).
+    /// In a request head (possibly before it, in empty lines); see [`HeadScan`].
     Head,
     /// This many body bytes are left (`Content-Length`).
     Body(u64),
-    /// Expecting a chunk-size line.
-    ChunkSize,
-    /// This many bytes of chunk data are left.
-    ChunkData(u64),
-    /// Expecting the CRLF after a chunk's data.
-    ChunkEnd,
-    /// After the last chunk: trailer lines up to an empty one.
-    Trailers,
+    /// In a chunked body.
+    Chunked(Chunk),
     /// No longer judging: everything passes (see the module doc for when).
     Off,
+}
+
+/// hyper's `ChunkedState`, with the chunk size carried along.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// The first hex digit of a chunk size.
+    Start,
+    Size(u64),
+    /// Spaces or tabs after the size.
+    SizeLws(u64),
+    /// `;` and anything up to CR.
+    Extension(u64),
+    SizeLf(u64),
+    /// This many bytes of chunk data are left.
+    Data(u64),
+    DataCr,
+    DataLf,
+    /// After the last chunk's size line or a trailer line: CR (the end) or a trailer.
+    EndCr,
+    EndLf,
+    /// A trailer line: hyper ends it only at CR, which LF must follow.
+    Trailer,
+    TrailerLf,
 }
 
 /// Follows one connection's request stream; see the module doc.
 #[derive(Debug)]
 pub struct Scanner {
     state: State,
+    /// What has been seen of the current head (while `state` is `Head`).
+    head: HeadScan,
     /// Header lines allowed per head (`max_headers`).
     max_headers: usize,
 }
@@ -86,7 +106,7 @@ enum Next {
     Chunked,
     /// No body: another head follows.
     Head,
-    /// Stop judging (tunnel, HTTP/2, or something hyper refuses itself).
+    /// Stop judging (tunnel, HTTP/2, or a head hyper refuses itself).
     Off,
     /// Refused (see [`Refusal`]).
     Refuse(Refusal),
@@ -95,7 +115,7 @@ enum Next {
 impl Scanner {
     /// A scanner for a new connection, allowing `max_headers` header lines per head.
     pub fn new(max_headers: usize) -> Self {
-        Scanner { state: State::Head, max_headers }
+        Scanner { state: State::Head, head: HeadScan::default(), max_headers }
     }
 
     /// True while the scanner expects a request head: unjudged bytes held now are the start of
@@ -122,61 +142,59 @@ impl Scanner {
             match self.state {
                 State::Off => return Scan::Pass(data.len()),
                 State::Head => {
-                    // Empty lines before a request line are skipped by httparse; skip them here.
-                    let skip = rest.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
-                    if skip > 0 {
-                        pos += skip;
-                        continue;
+                    if self.head.scanned == 0 {
+                        // Empty lines before a request line are skipped by httparse; skip them
+                        // here.
+                        let skip = rest.iter().take_while(|&&b| b == b'\r' || b == b'\n').count();
+                        if skip > 0 {
+                            pos += skip;
+                            continue;
+                        }
                     }
-                    let head = scan_head(rest, self.max_headers);
-                    // Too long, ended or not (the same verdict however the bytes were cut into
-                    // reads).
-                    if head.as_ref().map_or(rest.len(), |(end, _)| *end) > MAX_HEAD {
+                    let end = match self.head.scan(rest, self.max_headers) {
+                        // Refused as soon as it is certain, so that a head trickled in does not
+                        // keep being held (the same verdict as once it is whole).
+                        Progress::TooManyLines => return Scan::Refuse(pos, Refusal::TooLarge),
+                        Progress::Incomplete if rest.len() > MAX_HEAD => return Scan::Refuse(pos, Refusal::TooLarge),
+                        Progress::Incomplete => return Scan::Pass(pos),
+                        Progress::Complete(end) => end,
+                    };
+                    let head = std::mem::take(&mut self.head);
+                    if end > MAX_HEAD {
                         return Scan::Refuse(pos, Refusal::TooLarge);
                     }
-                    let Some((end, next)) = head else {
-                        return Scan::Pass(pos);
-                    };
-                    self.state = match next {
+                    self.state = match head.next() {
                         Next::Refuse(why) => return Scan::Refuse(pos, why),
                         Next::Body(0) | Next::Head => State::Head,
                         Next::Body(n) => State::Body(n),
-                        Next::Chunked => State::ChunkSize,
+                        Next::Chunked => State::Chunked(Chunk::Start),
                         Next::Off => State::Off,
                     };
                     pos += end;
                 }
-                State::Body(left) | State::ChunkData(left) => {
+                State::Body(left) => {
                     let take = left.min(rest.len() as u64);
                     pos += take as usize;
-                    self.state = match (self.state, left - take) {
-                        (State::Body(_), 0) => State::Head,
-                        (State::Body(_), n) => State::Body(n),
-                        (_, 0) => State::ChunkEnd,
-                        (_, n) => State::ChunkData(n),
-                    };
+                    self.state = if left == take { State::Head } else { State::Body(left - take) };
                 }
-                State::ChunkSize | State::ChunkEnd | State::Trailers => {
-                    let nl = memchr(b'\n', rest);
-                    if nl.unwrap_or(rest.len()) > MAX_LINE {
-                        self.state = State::Off;
-                        return Scan::Pass(data.len());
-                    }
-                    let Some(nl) = nl else {
-                        return Scan::Pass(pos);
-                    };
-                    let line = trim_cr(&rest[..nl]);
-                    pos += nl + 1;
-                    self.state = match self.state {
-                        State::ChunkSize => match chunk_size(line) {
-                            Some(0) => State::Trailers,
-                            Some(n) => State::ChunkData(n),
-                            None => State::Off,
-                        },
-                        State::ChunkEnd if line.is_empty() => State::ChunkSize,
-                        State::Trailers if line.is_empty() => State::Head,
-                        State::Trailers => State::Trailers,
-                        _ => State::Off,
+                State::Chunked(Chunk::Data(left)) => {
+                    let take = left.min(rest.len() as u64);
+                    pos += take as usize;
+                    self.state = State::Chunked(if left == take { Chunk::DataCr } else { Chunk::Data(left - take) });
+                }
+                // Runs of bytes that do not change the state, skipped at once.
+                State::Chunked(Chunk::Extension(_)) if !matches!(rest[0], b'\r' | b'\n') => {
+                    pos += memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                }
+                State::Chunked(Chunk::Trailer) if rest[0] != b'\r' => {
+                    pos += memchr(b'\r', rest).unwrap_or(rest.len());
+                }
+                State::Chunked(chunk) => {
+                    pos += 1;
+                    self.state = match chunk_byte(chunk, rest[0]) {
+                        Some(Some(next)) => State::Chunked(next),
+                        Some(None) => State::Head,
+                        None => return Scan::Refuse(pos, Refusal::Malformed),
                     };
                 }
             }
@@ -184,71 +202,152 @@ impl Scanner {
     }
 }
 
-/// Judges the head at the start of `data` once it is complete: its length including the final
-/// empty line, and what follows it. `None` while the head has not ended. One pass over the
-/// lines (CRLF or bare LF ends, as httparse accepts both); a head that is still incomplete is
-/// looked at again from its start when more bytes come, which only happens when a head is split
-/// across reads.
-fn scan_head(data: &[u8], max_headers: usize) -> Option<(usize, Next)> {
-    let first = memchr(b'\n', data)?;
-    let request_line = trim_cr(&data[..first]);
-    let mut length: Option<u64> = None;
-    let (mut chunked, mut upgrade, mut off) = (false, false, false);
-    let mut lines = 0;
-    let mut from = first + 1;
-    loop {
-        let nl = from + memchr(b'\n', &data[from..])?;
-        let line = trim_cr(&data[from..nl]);
-        from = nl + 1;
-        if line.is_empty() {
-            break;
+/// One byte of a chunked body outside chunk data, as hyper's decoder takes it: the next state,
+/// `Some(None)` at the end of the body, `None` where hyper fails.
+fn chunk_byte(chunk: Chunk, b: u8) -> Option<Option<Chunk>> {
+    use Chunk::*;
+    let next = match (chunk, b) {
+        (Start, _) => Size(hex(b)?),
+        // Any number of digits, as long as the size fits (hyper's checked arithmetic).
+        (Size(n), _) if b.is_ascii_hexdigit() => Size(n.checked_mul(16)?.checked_add(hex(b)?)?),
+        (Size(n) | SizeLws(n), b' ' | b'\t') => SizeLws(n),
+        (Size(n) | SizeLws(n), b';') => Extension(n),
+        (Size(n) | SizeLws(n) | Extension(n), b'\r') => SizeLf(n),
+        (Extension(_), b'\n') => return None,
+        (Extension(n), _) => Extension(n),
+        (SizeLf(0), b'\n') => EndCr,
+        (SizeLf(n), b'\n') => Data(n),
+        (DataCr, b'\r') => DataLf,
+        (DataLf, b'\n') => Start,
+        (EndCr, b'\r') => EndLf,
+        // Any other byte (a bare LF too) starts a trailer line.
+        (EndCr, _) => Trailer,
+        (Trailer, b'\r') => TrailerLf,
+        (Trailer, _) => Trailer,
+        (TrailerLf, b'\n') => EndCr,
+        (EndLf, b'\n') => return Some(None),
+        _ => return None,
+    };
+    Some(Some(next))
+}
+
+fn hex(b: u8) -> Option<u64> {
+    (b as char).to_digit(16).map(u64::from)
+}
+
+/// How far [`HeadScan::scan`] got.
+enum Progress {
+    /// The head has not ended yet.
+    Incomplete,
+    /// More header lines than allowed, ended or not.
+    TooManyLines,
+    /// The head ends after this many bytes (its final empty line included).
+    Complete(usize),
+}
+
+/// What has been seen of the head being received. Kept between calls, so that a head that
+/// arrives in pieces is scanned once, however many reads it takes.
+#[derive(Debug, Default)]
+struct HeadScan {
+    /// Bytes of whole lines already scanned (0: nothing yet, not even the request line).
+    scanned: usize,
+    /// No line end before this offset.
+    searched: usize,
+    /// Header lines so far.
+    lines: usize,
+    http11: bool,
+    connect: bool,
+    h2: bool,
+    /// Any `Content-Length` line, whatever its value.
+    saw_length: bool,
+    length: Option<u64>,
+    /// Any `Transfer-Encoding` line.
+    te: bool,
+    upgrade: bool,
+    connection_upgrade: bool,
+    /// Something hyper refuses the head for.
+    bad: bool,
+}
+
+impl HeadScan {
+    /// Goes on scanning the head at the start of `data` (the same bytes as on the last call,
+    /// and maybe more) from where the last call stopped. Lines end at LF, with or without CR
+    /// before it, as httparse accepts both.
+    fn scan(&mut self, data: &[u8], max_headers: usize) -> Progress {
+        loop {
+            let search = self.searched.max(self.scanned).min(data.len());
+            let Some(i) = memchr(b'\n', &data[search..]) else {
+                self.searched = data.len();
+                return Progress::Incomplete;
+            };
+            let nl = search + i;
+            let line = trim_cr(&data[self.scanned..nl]);
+            let first = self.scanned == 0;
+            self.scanned = nl + 1;
+            if first {
+                self.http11 = line.ends_with(b" HTTP/1.1");
+                self.connect = line.starts_with(b"CONNECT ");
+                self.h2 = line.starts_with(b"PRI ") && line.ends_with(b" HTTP/2.0");
+                continue;
+            }
+            if line.is_empty() {
+                return Progress::Complete(self.scanned);
+            }
+            self.lines += 1;
+            if self.lines > max_headers {
+                return Progress::TooManyLines;
+            }
+            self.header(line);
         }
-        lines += 1;
-        if off {
-            continue;
-        }
+    }
+
+    fn header(&mut self, line: &[u8]) {
         let Some(colon) = memchr(b':', line) else {
             // hyper refuses a line without a colon itself.
-            off = true;
-            continue;
+            self.bad = true;
+            return;
         };
-        // Only three names matter; most lines are ruled out by their first byte.
+        // Only four names matter; most lines are ruled out by their first byte.
         if !matches!(line[0] | 0x20, b'c' | b't' | b'u') {
-            continue;
+            return;
         }
         let (name, value) = (&line[..colon], &line[colon + 1..]);
         if name.eq_ignore_ascii_case(b"content-length") {
+            // Noted whatever the value: hyper ignores one after `Transfer-Encoding`.
+            self.saw_length = true;
             match parse_length(value.trim_ascii()) {
-                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                // hyper refuses these itself.
-                _ => off = true,
+                Some(n) if self.length.is_none_or(|l| l == n) => self.length = Some(n),
+                // hyper refuses these itself (without `Transfer-Encoding`).
+                _ => self.bad = true,
             }
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            chunked = true;
+            self.te = true;
         } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
+            self.upgrade = true;
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            // As lb reads it (`headers::is_upgrade_request`).
+            self.connection_upgrade |=
+                value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
         }
     }
-    let next = if lines > max_headers {
-        Next::Refuse(Refusal::TooLarge)
-    } else if chunked && length.is_some() {
-        Next::Refuse(Refusal::Smuggling)
-    } else if off
-        || request_line.starts_with(b"PRI ") && request_line.ends_with(b" HTTP/2.0")
-        // After an upgrade or CONNECT the bytes are a tunnel's (if the backend agrees).
-        || upgrade
-        || request_line.starts_with(b"CONNECT ")
-    {
-        Next::Off
-    } else {
-        // hyper refuses a Transfer-Encoding that does not end in chunked, and on HTTP/1.0.
-        match (chunked, length) {
-            (true, _) => Next::Chunked,
-            (false, Some(n)) => Next::Body(n),
-            (false, None) => Next::Head,
+
+    /// What follows the whole head.
+    fn next(&self) -> Next {
+        if self.te && self.saw_length {
+            Next::Refuse(Refusal::Smuggling)
+        } else if self.bad || self.h2 {
+            Next::Off
+        } else if self.connect || (self.http11 && self.upgrade && self.connection_upgrade) {
+            // Heads lb tunnels: what follows is the tunnel's if the backend agrees (and lb
+            // closes the connection if it does not).
+            Next::Off
+        } else if self.te {
+            // hyper refuses a Transfer-Encoding that does not end in chunked, and on HTTP/1.0.
+            Next::Chunked
+        } else {
+            self.length.map_or(Next::Head, Next::Body)
         }
-    };
-    Some((from, next))
+    }
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -263,23 +362,13 @@ fn parse_length(value: &[u8]) -> Option<u64> {
     std::str::from_utf8(value).ok()?.parse().ok()
 }
 
-/// The size in a chunk-size line (hex, optionally followed by `;extensions` or whitespace).
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
-    if digits == 0 || digits > 16 {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Scans `stream` as it would arrive in pieces of `step` bytes, holding back what is not
-    /// yet judged the way the stream wrapper does. Returns the bytes passed and whether a
-    /// head was refused.
-    fn run(stream: &[u8], step: usize) -> (Vec<u8>, bool) {
+    /// yet judged the way the stream wrapper does. Returns the bytes passed and the refusal.
+    fn run(stream: &[u8], step: usize) -> (Vec<u8>, Option<Refusal>) {
         let mut s = Scanner::default();
         let (mut passed, mut held) = (Vec::new(), Vec::new());
         for piece in stream.chunks(step) {
@@ -288,21 +377,21 @@ mod tests {
                 Scan::Pass(n) => {
                     passed.extend(held.drain(..n));
                 }
-                Scan::Refuse(n, _) => {
+                Scan::Refuse(n, why) => {
                     passed.extend(held.drain(..n));
-                    return (passed, true);
+                    return (passed, Some(why));
                 }
             }
         }
-        (passed, false)
+        (passed, None)
     }
 
     /// Every piece size gives the same answer as the whole stream at once.
-    fn check(stream: &[u8], passed: usize, refused: bool) {
+    fn check(stream: &[u8], passed: usize, refused: Option<Refusal>) {
         check_steps(stream, passed, refused, &[1, 2, 3, 7, 64, stream.len().max(1)]);
     }
 
-    fn check_steps(stream: &[u8], passed: usize, refused: bool, steps: &[usize]) {
+    fn check_steps(stream: &[u8], passed: usize, refused: Option<Refusal>, steps: &[usize]) {
         for &step in steps {
             let (p, r) = run(stream, step);
             assert_eq!((p.len(), r), (passed, refused), "step {step}: {:?}", String::from_utf8_lossy(stream));
@@ -310,18 +399,20 @@ mod tests {
         }
     }
 
+    const SMUGGLED: &[u8] = b"POST /s HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
     #[test]
     fn plain_gets_pass_whole_heads_only() {
         let one = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
-        check(one, one.len(), false);
+        check(one, one.len(), None);
         let two = [&one[..], &one[..]].concat();
-        check(&two, two.len(), false);
+        check(&two, two.len(), None);
         // An incomplete head is held back.
-        check(b"GET / HTTP/1.1\r\nHost: h\r\n", 0, false);
-        check(b"GET / HTTP/1.1\r\nHost: h\r\n\r", 0, false);
+        check(b"GET / HTTP/1.1\r\nHost: h\r\n", 0, None);
+        check(b"GET / HTTP/1.1\r\nHost: h\r\n\r", 0, None);
         // Bare LF line ends and leading empty lines, as httparse allows.
         let lf = b"\r\n\nGET / HTTP/1.1\nHost: h\n\n";
-        check(lf, lf.len(), false);
+        check(lf, lf.len(), None);
     }
 
     #[test]
@@ -332,7 +423,22 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: xchunked\r\nContent-Length: 0\r\n\r\n",
         ] {
             let stream = [head, b"5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n"].concat();
-            check(&stream, 0, true);
+            check(&stream, 0, Some(Refusal::Smuggling));
+        }
+    }
+
+    /// hyper skips a `Content-Length` after `Transfer-Encoding` without parsing it, so its
+    /// value must not matter.
+    #[test]
+    fn any_content_length_with_transfer_encoding_is_refused() {
+        for value in ["1, 1", "+3", "", " ", "x", "99999999999999999999999", "3, 4"] {
+            for head in [
+                format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: {value}\r\n\r\n"),
+                format!("POST / HTTP/1.1\r\nContent-Length: {value}\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            ] {
+                let stream = [head.as_bytes(), b"0\r\n\r\n", SMUGGLED].concat();
+                check(&stream, 0, Some(Refusal::Smuggling));
+            }
         }
     }
 
@@ -342,7 +448,7 @@ mod tests {
         let chunked = b"POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\n";
         let bad = b"POST /c HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
         let stream = [&good[..], chunked, bad].concat();
-        check(&stream, good.len() + chunked.len(), true);
+        check(&stream, good.len() + chunked.len(), Some(Refusal::Smuggling));
     }
 
     #[test]
@@ -350,46 +456,111 @@ mod tests {
         let inner = b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
         let body_cl =
             [format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", inner.len()).as_bytes(), inner].concat();
-        check(&body_cl, body_cl.len(), false);
+        check(&body_cl, body_cl.len(), None);
         let body_chunked = [
             format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n", inner.len()).as_bytes(),
             inner,
             b"\r\n0\r\n\r\n",
         ]
         .concat();
-        check(&body_chunked, body_chunked.len(), false);
+        check(&body_chunked, body_chunked.len(), None);
+    }
+
+    /// hyper ends a trailer line only at CRLF: a bare LF is part of a trailer, so what follows
+    /// it up to the CRLF CRLF is trailer bytes too, and the head after that is judged.
+    #[test]
+    fn trailers_end_where_hyper_ends_them() {
+        let post = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nA\r\n";
+        for trailers in [
+            format!("0\r\n\nGET /fake HTTP/1.1\r\nContent-Length: {}\r\n\r\n", SMUGGLED.len()),
+            "0\r\nT: a\nb\r\n\r\n".to_owned(),
+            "0\r\n\n\r\n\r\n".to_owned(),
+            "0\r\nT: v\r\nU: w\r\n\r\n".to_owned(),
+        ] {
+            let good = [&post[..], trailers.as_bytes()].concat();
+            check(&[&good[..], SMUGGLED].concat(), good.len(), Some(Refusal::Smuggling));
+        }
+        // CR not followed by LF in a trailer: hyper fails there.
+        let bad = [&post[..], b"0\r\nT: v\rX\r\n\r\n"].concat();
+        let at = post.len() + b"0\r\nT: v\rX".len();
+        check(&[&bad[..], SMUGGLED].concat(), at, Some(Refusal::Malformed));
+    }
+
+    /// hyper takes any number of hex digits as long as the size fits in 64 bits.
+    #[test]
+    fn chunk_sizes_follow_hyper() {
+        let post = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let zeros = |n| "0".repeat(n);
+        // (body, whether the head after it is judged: not after an endless chunk)
+        for (body, judged) in [
+            (format!("{}\r\n\r\n", zeros(17)), true),
+            (format!("{}\r\n\r\n", zeros(30_000)), true),
+            (format!("{}1\r\nA\r\n0\r\n\r\n", zeros(40)), true),
+            ("1aF ;x\r\n".to_owned() + &"z".repeat(0x1af) + "\r\n0;y\r\n\r\n", true),
+            (format!("{}ffffffffffffffff \t;ext=\"a b\"\r\n", zeros(20)), false),
+        ] {
+            let good = [&post[..], body.as_bytes()].concat();
+            let stream = [&good[..], SMUGGLED].concat();
+            let (passed, refused) = if judged { (good.len(), Some(Refusal::Smuggling)) } else { (stream.len(), None) };
+            check_steps(&stream, passed, refused, &[1, 7, 4096, stream.len()]);
+        }
+        // Where hyper fails: the failing byte is passed (hyper answers), nothing after it.
+        for (body, bad_at) in [
+            ("zz\r\n", 0),
+            ("10000000000000000\r\n", 16),
+            ("1\nA\r\n", 1),
+            ("1 2\r\n", 2),
+            ("1;a\nb\r\n", 3),
+            ("1\r\nAB\r\n", 4),
+            ("0\r\n\r\r", 4),
+            (";\r\n", 0),
+        ] {
+            let stream = [&post[..], body.as_bytes(), SMUGGLED].concat();
+            check(&stream, post.len() + bad_at + 1, Some(Refusal::Malformed));
+        }
     }
 
     #[test]
     fn scanning_stops_where_hyper_takes_over() {
         // HTTP/2 prior knowledge, an upgrade and CONNECT: what follows is not HTTP/1.
-        let bad = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
         for first in [
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[..],
             b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: keep-alive , Upgrade\r\n\r\n",
+            b"GET /ws HTTP/1.1\r\nconnection: keep-alive\r\nUPGRADE: websocket\r\nConnection: UPGRADE\r\n\r\n",
             b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
-            // Heads and chunks that hyper refuses itself.
+            // Heads that hyper refuses itself.
             b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
             b"POST / HTTP/1.1\r\nNo colon here\r\n\r\n",
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         ] {
-            let stream = [first, bad].concat();
-            check(&stream, stream.len(), false);
+            let stream = [first, SMUGGLED].concat();
+            check(&stream, stream.len(), None);
+        }
+    }
+
+    /// Only heads lb tunnels turn the scanner off: an `Upgrade` that lb does not act on leaves
+    /// the connection serving HTTP/1, so what follows is judged.
+    #[test]
+    fn upgrade_heads_lb_does_not_tunnel_are_judged() {
+        for first in [
+            &b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: foo\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nUpgrade: foo\r\nConnection: keep-alive, upgraded\r\n\r\n",
+            b"GET / HTTP/1.0\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\nUpgrade: foo\r\nContent-Length: 5\r\n\r\nhello",
+            b"GET / HTTP/1.1\r\nX-Method: CONNECT \r\nUpgrade: foo\r\n\r\n",
+        ] {
+            let stream = [first, SMUGGLED].concat();
+            check(&stream, first.len(), Some(Refusal::Smuggling));
         }
     }
 
     #[test]
-    fn oversized_heads_are_refused_and_long_lines_stop_scanning() {
+    fn oversized_heads_are_refused() {
         let mut s = Scanner::default();
         let huge = vec![b'a'; MAX_HEAD + 1];
         assert_eq!(s.scan(&huge), Scan::Refuse(0, Refusal::TooLarge));
-        let mut s = Scanner::default();
-        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(s.scan(head), Scan::Pass(head.len()));
-        let long_line = vec![b'1'; MAX_LINE + 1];
-        assert_eq!(s.scan(&long_line), Scan::Pass(long_line.len()));
-        assert!(s.is_off());
         // A head longer than the limit is refused as such, cut into reads or not.
         let long_bad = [
             &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\nX: "[..],
@@ -397,19 +568,32 @@ mod tests {
             b"\r\n\r\n",
         ]
         .concat();
-        check_steps(&long_bad, 0, true, &[1000, 4096, long_bad.len()]);
+        check_steps(&long_bad, 0, Some(Refusal::TooLarge), &[1000, 4096, long_bad.len()]);
         // Header lines are counted against max_headers.
         let mut s = Scanner::new(2);
         assert_eq!(s.scan(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n"), Scan::Pass(30));
         assert_eq!(s.scan(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"), Scan::Refuse(0, Refusal::TooLarge));
     }
 
+    /// A head trickled in line by line is refused once it has too many lines, before it ends,
+    /// and each call scans only what is new.
     #[test]
-    fn chunk_sizes() {
-        assert_eq!(chunk_size(b"0"), Some(0));
-        assert_eq!(chunk_size(b"1aF;ext=1"), Some(0x1af));
-        assert_eq!(chunk_size(b"ffffffffffffffff"), Some(u64::MAX));
-        assert_eq!(chunk_size(b"10000000000000000"), None);
-        assert_eq!(chunk_size(b";x"), None);
+    fn too_many_lines_are_refused_before_the_head_ends() {
+        let mut s = Scanner::new(100);
+        let mut held = b"GET / HTTP/1.1\r\n".to_vec();
+        assert_eq!(s.scan(&held), Scan::Pass(0));
+        for line in 1..=100 {
+            held.extend_from_slice(b"a\n");
+            assert_eq!(s.scan(&held), Scan::Pass(0), "line {line}");
+            assert_eq!((s.head.scanned, s.head.lines), (held.len(), line));
+        }
+        held.extend_from_slice(b"a");
+        assert_eq!(s.scan(&held), Scan::Pass(0));
+        assert_eq!(s.head.searched, held.len());
+        held.extend_from_slice(b"\n");
+        assert_eq!(s.scan(&held), Scan::Refuse(0, Refusal::TooLarge));
+        // The same verdict for the stream whole (or in any pieces).
+        let stream = [&b"GET / HTTP/1.1\r\n"[..], &b"a\n".repeat(30_000)].concat();
+        check_steps(&stream, 0, Some(Refusal::TooLarge), &[1, 2, 5, 4096, stream.len()]);
     }
 }
