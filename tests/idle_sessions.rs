@@ -4,7 +4,7 @@
 //! HTTP connection whose request body keeps trickling after its answer is complete is closed
 //! too.
 //!
-//! `idle_timeout` is 1 s here; every wait below is bounded only to keep a broken build from
+//! `idle_timeout` is 1 s here (3 s where traffic must outlive it); every wait below is bounded only to keep a broken build from
 //! hanging, never to measure how fast lb was.
 
 mod common;
@@ -21,8 +21,12 @@ use tokio::sync::mpsc;
 const PATIENCE: Duration = Duration::from_secs(15);
 
 async fn tcp_lb(backend: SocketAddr) -> (lb::app::Running, SocketAddr) {
+    tcp_lb_idle(backend, "1s").await
+}
+
+async fn tcp_lb_idle(backend: SocketAddr, idle: &str) -> (lb::app::Running, SocketAddr) {
     let toml = format!(
-        "[[listeners]]\nname = \"raw\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"p\"\nidle_timeout = \"1s\"\n\n\
+        "[[listeners]]\nname = \"raw\"\nbind = \"127.0.0.1:0\"\nmode = \"tcp\"\npool = \"p\"\nidle_timeout = \"{idle}\"\n\n\
          [pools.p]\nstrategy = \"round_robin\"\nbackends = [{{ addr = \"{backend}\" }}]\n"
     );
     let lb = start_lb(&toml).await;
@@ -68,11 +72,12 @@ async fn a_silent_tcp_session_is_closed_on_both_sides_after_idle_timeout() {
 #[tokio::test]
 async fn a_tcp_session_that_keeps_moving_outlives_idle_timeout() {
     let (backend, mut ended) = draining_backend().await;
-    let (_lb, addr) = tcp_lb(backend).await;
+    // 3 s here, so that a stall of the test machine cannot pass for idleness.
+    let (_lb, addr) = tcp_lb_idle(backend, "3s").await;
     let mut client = TcpStream::connect(addr).await.unwrap();
-    // A byte every 200 ms for 3 s: three idle_timeouts in all, never one without traffic.
+    // A byte every 200 ms for 4 s: longer than idle_timeout, never long without traffic.
     let mut sent = Vec::new();
-    for i in 0..15u8 {
+    for i in 0..20u8 {
         client.write_all(&[b'a' + i]).await.unwrap();
         sent.push(b'a' + i);
         tokio::time::sleep(Duration::from_millis(200)).await;
