@@ -137,6 +137,13 @@ fn durations_that_do_not_parse() {
         21,
         "interval must be greater than 0",
     );
+    // Past what a deadline can hold: refused here, not a panic at the first request.
+    rejects(
+        "huge-duration",
+        &GOOD.replace("interval = \"2s\"", "interval = \"300000000000years\""),
+        21,
+        "interval must be at most 365 days",
+    );
 }
 
 #[test]

@@ -34,6 +34,9 @@ struct Ctx<'a> {
     warnings: Vec<String>,
 }
 
+/// Longest duration accepted for any timeout or interval.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 impl Ctx<'_> {
     fn err(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         ConfigError {
@@ -48,11 +51,16 @@ impl Ctx<'_> {
         self.warnings.push(format!("{}:{line}:{col}: warning: {}", self.path.display(), message.as_ref()));
     }
 
-    /// A positive duration, or the default.
+    /// A positive duration of at most [`MAX_DURATION`], or the default.
     fn duration(&self, v: &Option<Spanned<Dur>>, key: &str, default: Duration) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
             Some(s) if s.get_ref().0.is_zero() => Err(self.err(s.span(), format!("{key} must be greater than 0"))),
+            // Deadlines are `now + duration`: one past what the clock can hold would panic at
+            // the first request rather than here.
+            Some(s) if s.get_ref().0 > MAX_DURATION => {
+                Err(self.err(s.span(), format!("{key} must be at most 365 days")))
+            }
             Some(s) => Ok(s.get_ref().0),
         }
     }
