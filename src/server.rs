@@ -305,7 +305,7 @@ async fn accept_backoff(listener: &str, e: &io::Error) {
     tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
-async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, signal: Signal) {
+async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, mut signal: Signal) {
     let _ = stream.set_nodelay(true);
     rt.counters.total.inc();
     rt.counters.open.inc();
@@ -315,12 +315,21 @@ async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, si
     // On an accept_proxy listener the PROXY header's addresses stand for the client from here
     // on (X-Forwarded-For, consistent_hash, logs); without a valid header nothing is served.
     let (peer, local) = if rt.accept_proxy {
-        match proxy_protocol::accept(&mut stream, peer, local, rt.handshake_timeout).await {
-            Ok(addresses) => addresses,
-            Err(e) => {
+        // Shutdown does not wait for a header that has not come (boxed: most listeners never
+        // take this path, and every connection's task is allocated at its future's size).
+        let header = Box::pin(async {
+            tokio::select! {
+                r = proxy_protocol::accept(&mut stream, peer, local, rt.handshake_timeout) => Some(r),
+                _ = signal.triggered() => None,
+            }
+        });
+        match header.await {
+            Some(Ok(addresses)) => addresses,
+            Some(Err(e)) => {
                 tracing::debug!(listener = %rt.name, client = %peer, error = %e, "PROXY header refused; closing");
                 return;
             }
+            None => return,
         }
     } else {
         (peer, local)
@@ -341,9 +350,14 @@ async fn serve_tls(
     peer: SocketAddr,
     local: SocketAddr,
     rt: &ListenerRuntime,
-    signal: Signal,
+    mut signal: Signal,
 ) {
-    match tokio::time::timeout(rt.handshake_timeout, acceptor.accept(stream)).await {
+    // Shutdown does not wait for a handshake that has not finished.
+    let handshake = tokio::select! {
+        r = tokio::time::timeout(rt.handshake_timeout, acceptor.accept(stream)) => r,
+        _ = signal.triggered() => return,
+    };
+    match handshake {
         Ok(Ok(tls)) => serve_stream(tls, peer, local, rt, signal).await,
         Ok(Err(e)) => tracing::debug!(listener = %rt.name, client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::debug!(listener = %rt.name, client = %peer, "TLS handshake timed out"),

@@ -390,3 +390,25 @@ async fn a_tls_session_delivers_its_whole_answer_while_the_backend_stays_open() 
     }
     assert!(short.is_empty(), "sessions missing the end of their answer (length, received): {short:?}");
 }
+
+/// Shutdown does not wait for a TLS handshake or a PROXY header that never comes (they have
+/// `header_timeout`, 60 s here, of their own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_handshake_or_proxy_header_that_never_comes() {
+    let backend = echo_backend(b"").await;
+    let dir = temp_dir("silent");
+    write_pair(&dir, "a", &make_cert(&["a.example"]));
+    for extra in [
+        format!("header_timeout = \"60s\"\ntls = [{{ cert = \"{d}/a.pem\", key = \"{d}/a.key\" }}]", d = dir.display()),
+        "header_timeout = \"60s\"\naccept_proxy = true".to_string(),
+    ] {
+        let lb = start_lb(&tcp_config(&[backend], &extra)).await;
+        let _silent = TcpStream::connect(lb.listener_addr("l4").unwrap()).await.unwrap();
+        // Let lb accept it.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let drained = tokio::time::timeout(Duration::from_secs(20), lb.shutdown(Duration::from_secs(120)))
+            .await
+            .unwrap_or_else(|_| panic!("shutdown waited for a silent connection ({extra})"));
+        assert!(drained, "{extra}");
+    }
+}
