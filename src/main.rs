@@ -129,8 +129,19 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
             _ = hup.recv() => { let _ = running.reload(&cli.config).await; }
         }
     }
-    tracing::info!(timeout = ?cli.shutdown_timeout, "shutting down: draining in-flight requests");
-    running.shutdown(cli.shutdown_timeout).await;
+    tracing::info!(timeout = ?cli.shutdown_timeout, "shutting down: draining in-flight requests (a second signal stops at once)");
+    tokio::select! {
+        _ = running.shutdown(cli.shutdown_timeout) => {}
+        // An operator who does not want to wait for the drain says so again, as with nginx.
+        _ = term.recv() => {
+            tracing::warn!("second signal: exiting without waiting for the drain");
+            return ExitCode::FAILURE;
+        }
+        _ = int.recv() => {
+            tracing::warn!("second signal: exiting without waiting for the drain");
+            return ExitCode::FAILURE;
+        }
+    }
     tracing::info!("bye");
     ExitCode::SUCCESS
 }

@@ -141,3 +141,18 @@ async fn sigint_exits_0_at_the_shutdown_timeout_when_a_request_is_stuck() {
     // What was still in flight is cut when the process exits.
     assert!(read_until(&mut body, "second").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_during_the_drain_exits_at_once_with_1() {
+    let a = TestBackend::start("a").await;
+    let mut lb = Lb::start(&config("http", &a), &["--shutdown-timeout", "300s"]).await;
+    let addr = lb.listener_addr(0, "web").await;
+    // Never released: the drain would wait the full 300 s.
+    let (_conn, _body) = streaming(addr).await;
+
+    let mark = lb.mark();
+    lb.signal("TERM");
+    lb.wait_log(mark, |l| l.contains("shutting down")).await;
+    lb.signal("TERM");
+    assert_eq!(lb.wait_exit(PATIENCE).await.code(), Some(1), "{:?}", lb.logs());
+}
