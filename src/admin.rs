@@ -2,6 +2,11 @@
 //! up and serving), `GET /status` (an HTML status page of listeners, pools and backends) and
 //! `GET /status.json` (the same data), on their own address so they can be firewalled apart
 //! from clients.
+//!
+//! HTTP/1.1 only (scrapers and browsers speak it), so hyper's head timer runs from the moment a
+//! connection opens: a connection that sends no request within 10 s, or sits idle that long
+//! between requests, is closed. At most [`MAX_CONNECTIONS`] are served at once; more wait in
+//! the kernel's backlog, so idle admin connections cannot use up the process's descriptors.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,9 +17,9 @@ use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Signal;
@@ -72,15 +77,22 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, topology: Share
     let rates = Arc::new(Rates::default());
     tokio::spawn(rates.clone().run(metrics.clone(), signal.clone()));
     let admin = Arc::new(Admin { metrics, topology, rates });
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));
+    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = signal.triggered() => return,
+        };
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(pair) => pair,
                 Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    crate::server::accept_backoff("admin", &e).await;
                     continue;
                 }
             },
@@ -102,6 +114,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, topology: Share
                     let _ = conn.await;
                 }
             }
+            drop(permit);
         });
     }
 }
+
+/// Admin connections served at once.
+pub const MAX_CONNECTIONS: usize = 64;

@@ -288,7 +288,7 @@ pub struct WorkerShare {
 /// Accept errors (EMFILE, ENFILE, ENOBUFS, ECONNABORTED...) must not turn into a busy loop:
 /// wait a little, and log at most once a second. The limit is per process, not per accept
 /// loop: every worker runs one per listener, and descriptor exhaustion hits them all at once.
-async fn accept_backoff(listener: &str, e: &io::Error) {
+pub(crate) async fn accept_backoff(listener: &str, e: &io::Error) {
     static LAST_LOG: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
     let now = Instant::now();
     let log = {

@@ -306,6 +306,24 @@ async fn connect_failures_fail_over_even_with_a_body() {
     assert_eq!(live.hits(), 10);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_admin_connections_are_closed_and_cannot_crowd_out_a_scrape() {
+    let (_b, lb) = one_backend().await;
+    let admin = lb.admin_addr().unwrap();
+    // More silent connections than the admin serves at once.
+    let mut silent = Vec::new();
+    for _ in 0..lb::admin::MAX_CONNECTIONS + 8 {
+        silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());
+    }
+    // hyper's 10 s head timer closes them...
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), silent[0].read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "a silent admin connection stayed open: {read:?}");
+    // ...and a scrape waiting behind them is served.
+    let scrape = tokio::time::timeout(Duration::from_secs(30), get(&client(), admin, "/healthz")).await;
+    assert_eq!(scrape.expect("healthz answered").0, 200);
+}
+
 #[tokio::test]
 async fn admin_healthz_answers() {
     let (_b, lb) = one_backend().await;
