@@ -46,11 +46,27 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// What the writer thread is sent: a line, or a request to write out everything before it.
+enum Msg {
+    Line(String),
+    /// Flush everything queued before this, then answer.
+    Flush(mpsc::Sender<()>),
+}
+
 /// The sending side; cheap to share between listeners writing to the same target.
 #[derive(Debug)]
 pub struct AccessLog {
-    tx: SyncSender<String>,
+    tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Line(_) => "Line",
+            Msg::Flush(_) => "Flush",
+        })
+    }
 }
 
 impl AccessLog {
@@ -69,9 +85,30 @@ impl AccessLog {
     }
 
     fn send(&self, line: String) {
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Line(line)) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Waits (up to `limit`) until every line sent so far is written out: at exit, the writer
+    /// thread would otherwise die with the last lines still queued or buffered.
+    pub fn flush(&self, limit: Duration) -> bool {
+        let (ack, done) = mpsc::channel();
+        let deadline = Instant::now() + limit;
+        let mut msg = Msg::Flush(ack);
+        // The queue may be full; the writer empties it every tick.
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Disconnected(_)) => return false,
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    msg = back;
+                    std::thread::sleep(TICK);
+                }
+                Err(TrySendError::Full(_)) => return false,
+            }
+        }
+        done.recv_timeout(deadline.saturating_duration_since(Instant::now())).is_ok()
     }
 
     /// Logs one HTTP request.
@@ -172,7 +209,7 @@ impl std::fmt::Display for Escaped<'_> {
     }
 }
 
-fn write_loop(rx: Receiver<String>, out: Box<dyn Write + Send>, dropped: Arc<AtomicU64>) {
+fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, dropped: Arc<AtomicU64>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut reported = 0;
     loop {
@@ -180,9 +217,13 @@ fn write_loop(rx: Receiver<String>, out: Box<dyn Write + Send>, dropped: Arc<Ato
         let mut closed = false;
         loop {
             match rx.try_recv() {
-                Ok(line) => {
+                Ok(Msg::Line(line)) => {
                     let _ = out.write_all(line.as_bytes());
                     let _ = out.write_all(b"\n");
+                }
+                Ok(Msg::Flush(ack)) => {
+                    let _ = out.flush();
+                    let _ = ack.send(());
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {

@@ -402,6 +402,14 @@ impl Running {
         if !finished {
             tracing::warn!(remaining = self.drain.watchers(), ?grace, "shutdown deadline passed; closing what is left");
         }
+        // Every request and session that finished is logged: write the lines out before exit.
+        let logs: Vec<Arc<AccessLog>> = self.access_logs.values().cloned().collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                log.flush(std::time::Duration::from_secs(1));
+            }
+        })
+        .await;
         finished
     }
 }

@@ -156,3 +156,30 @@ async fn a_second_signal_during_the_drain_exits_at_once_with_1() {
     lb.signal("TERM");
     assert_eq!(lb.wait_exit(PATIENCE).await.code(), Some(1), "{:?}", lb.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_is_in_the_access_log_when_the_process_exits() {
+    let a = TestBackend::start("a").await;
+    let log = std::env::temp_dir().join(format!("lb-exit-log-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let cfg = format!(
+        "{}\naccess_log = \"{}\"\n\n{}",
+        listener("web", "127.0.0.1:0", "http", "app").trim_end(),
+        log.display(),
+        pool("app", "round_robin", &[&a], "")
+    );
+    let mut lb = Lb::start(&cfg, &[]).await;
+    let addr = lb.listener_addr(0, "web").await;
+    let mut c = Conn::open(addr).await;
+    for i in 0..5 {
+        assert_eq!(c.get(&format!("/r{i}")).await.unwrap().0, 200);
+    }
+    c.close();
+    // At once: the writer thread must not be left with lines queued or buffered.
+    lb.signal("TERM");
+    assert_eq!(lb.wait_exit(PATIENCE).await.code(), Some(0), "{:?}", lb.logs());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let paths: Vec<&str> =
+        text.lines().filter_map(|l| l.split(" path=\"").nth(1)).filter_map(|p| p.split('"').next()).collect();
+    assert_eq!(paths, ["/r0", "/r1", "/r2", "/r3", "/r4"], "{text}");
+}
