@@ -107,6 +107,14 @@ fn duplicate_listener_names() {
 fn duplicate_binds() {
     let toml = format!("{GOOD}\n[[listeners]]\nname = \"other\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n");
     rejects("dup-bind", &toml, 25, "binds 127.0.0.1:8080 which web already binds");
+    // A wildcard on the same port cannot be bound next to it either.
+    for wild in ["0.0.0.0:8080", "[::]:8080"] {
+        let toml = format!("{GOOD}\n[[listeners]]\nname = \"other\"\nbind = \"{wild}\"\npool = \"app\"\n");
+        rejects("wild-bind", &toml, 25, &format!("binds {wild}, which overlaps 127.0.0.1:8080 of web (same port)"));
+    }
+    // Different ports, and an IPv6 address beside an IPv4 wildcard, are fine.
+    let toml = format!("{GOOD}\n[[listeners]]\nname = \"other\"\nbind = \"0.0.0.0:8081\"\npool = \"app\"\n");
+    assert!(check("wild-ok", &toml).1.ok);
 }
 
 #[test]

@@ -9,7 +9,7 @@
 //! CA file, an invalid server name, `tls_ca`/`tls_sni` without TLS). Odd-but-legal choices
 //! become warnings.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -105,9 +105,9 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded
     }
     let mut listeners = Vec::with_capacity(raw.listeners.len());
     let mut names = HashSet::new();
-    let mut binds: HashMap<SocketAddr, String> = HashMap::new();
+    let mut binds: Vec<(SocketAddr, String)> = Vec::new();
     if let Some(a) = admin {
-        binds.insert(a, "[admin]".into());
+        binds.push((a, "[admin]".into()));
     }
     for l in &raw.listeners {
         let lc = listener_config(&cx, l, &pools, &base)?;
@@ -137,11 +137,16 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded
             return Err(cx.err(l.name.span(), format!("duplicate listener name {:?}", lc.name)));
         }
         // Port 0 asks the kernel for a fresh port each time, so it cannot collide.
-        let collision = if lc.bind.port() == 0 { None } else { binds.insert(lc.bind, lc.name.clone()) };
-        if let Some(other) = collision {
-            return Err(
-                cx.err(l.bind.span(), format!("listener {:?} binds {} which {other} already binds", lc.name, lc.bind))
-            );
+        if lc.bind.port() != 0 {
+            if let Some((addr, other)) = binds.iter().find(|(a, _)| overlaps(*a, lc.bind)) {
+                let message = if *addr == lc.bind {
+                    format!("listener {:?} binds {} which {other} already binds", lc.name, lc.bind)
+                } else {
+                    format!("listener {:?} binds {}, which overlaps {addr} of {other} (same port)", lc.name, lc.bind)
+                };
+                return Err(cx.err(l.bind.span(), message));
+            }
+            binds.push((lc.bind, lc.name.clone()));
         }
         listeners.push(lc);
     }
@@ -152,6 +157,15 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded
     }
 
     Ok(Loaded { config: Config { admin, listeners, pools }, warnings: cx.warnings })
+}
+
+/// True when binding both addresses fails: the same port on the same address, or on a
+/// wildcard that covers the other (`0.0.0.0` every IPv4 address; `[::]` every address, since
+/// Linux binds it dual-stack by default).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |wild: SocketAddr, other: SocketAddr| wild.ip().is_unspecified() && (wild.is_ipv6() || other.is_ipv4());
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 fn listener_config(
