@@ -128,21 +128,23 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, Error> {
         return header(None);
     }
     let (family, transport) = (fam >> 4, fam & 0x0f);
-    let addr_len = match family {
-        0 => 0,
-        1 => 12,
-        2 => 36,
-        3 => 216,
+    // Only UNSPEC/UNSPEC, or a known family with STREAM or DGRAM: the spec has receivers
+    // reject every other combination.
+    let addr_len = match (family, transport) {
+        (0, 0) => 0,
+        (1, 1 | 2) => 12,
+        (2, 1 | 2) => 36,
+        (3, 1 | 2) => 216,
         _ => return Err(Error::Family(fam)),
     };
-    if transport > 2 {
-        return Err(Error::Family(fam));
-    }
     let block = &buf[16..total];
     if block.len() < addr_len {
         return Err(Error::ShortAddresses(block.len()));
     }
-    check_tlvs(&buf[..total], 16 + addr_len)?;
+    // "The receiver ... must ignore" what follows an UNSPEC family: its TLVs are not checked.
+    if family != 0 {
+        check_tlvs(&buf[..total], 16 + addr_len)?;
+    }
     let a = &block[..addr_len];
     let port = |at: usize| u16::from_be_bytes([a[at], a[at + 1]]);
     let addresses = match (family, transport) {
@@ -504,7 +506,7 @@ mod tests {
 
     #[test]
     fn v2_unspec_udp_and_unix_fall_back_to_the_socket() {
-        for fam in [0x00u8, 0x10, 0x12, 0x22, 0x31, 0x32] {
+        for fam in [0x00u8, 0x12, 0x22, 0x31, 0x32] {
             let len: u16 = match fam >> 4 {
                 0 => 0,
                 1 => 12,
@@ -517,6 +519,10 @@ mod tests {
             b.resize(16 + usize::from(len), 7);
             assert_eq!(complete(&b).0.addresses, None, "family {fam:#04x}");
         }
+        // What follows an UNSPEC family is ignored, even when it is no valid TLV list.
+        let mut b = V2_SIGNATURE.to_vec();
+        b.extend_from_slice(&[0x21, 0x00, 0x00, 0x05, 0xff, 0xff, 0xff, 0xff, 0xff]);
+        assert_eq!(complete(&b).0.addresses, None);
     }
 
     #[test]
@@ -531,6 +537,10 @@ mod tests {
         assert_eq!(with(12, 0x22), Err(Error::Command(2)));
         assert_eq!(with(13, 0x41), Err(Error::Family(0x41)));
         assert_eq!(with(13, 0x13), Err(Error::Family(0x13)));
+        // A known family without a transport, or a transport without a family.
+        for fam in [0x01u8, 0x02, 0x10, 0x20, 0x30] {
+            assert_eq!(with(13, fam), Err(Error::Family(fam)), "family {fam:#04x}");
+        }
         // TCP over IPv6 needs 36 bytes; 12 are announced.
         assert_eq!(with(13, 0x21), Err(Error::ShortAddresses(12)));
         // A wrong signature byte anywhere is not PROXY at all.
