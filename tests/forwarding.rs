@@ -154,17 +154,7 @@ async fn the_request_target_names_the_host_and_a_request_has_one_host_header() {
 async fn websocket_upgrade_is_tunnelled() {
     let (_b, lb) = one_backend().await;
     let addr = lb.listener_addr("web").unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let (mut s, head) = open_websocket(addr).await;
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
     for msg in [&b"hello"[..], b"through the tunnel"] {
@@ -197,14 +187,8 @@ async fn an_upgrade_request_answered_without_101_ends_its_connection() {
 async fn shutdown_waits_for_an_open_websocket_tunnel() {
     let (_b, lb) = one_backend().await;
     let addr = lb.listener_addr("web").unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
-        head.push(byte[0]);
-    }
+    let (mut s, head) = open_websocket(addr).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
     let mut echo = [0u8; 4];
     s.write_all(b"ping").await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut echo)).await.unwrap().unwrap();

@@ -122,15 +122,8 @@ async fn an_idle_websocket_tunnel_is_closed_after_idle_timeout() {
     );
     let lb = start_lb(&toml).await;
     let addr = lb.listener_addr("web").unwrap();
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n").await.unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
-        head.push(byte[0]);
-    }
-    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    let (mut s, head) = open_websocket(addr).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
     // The tunnel works...
     s.write_all(b"ping").await.unwrap();
     let mut echo = [0u8; 4];

@@ -310,6 +310,23 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Opens a WebSocket tunnel through lb at `addr` (the test backends echo on `/ws`) and returns
+/// the stream with the answer's head, lowercased, read exactly up to its end.
+pub async fn open_websocket(addr: SocketAddr) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
+        head.push(byte[0]);
+    }
+    (s, String::from_utf8_lossy(&head).to_lowercase())
+}
+
 /// A backend that accepts connections and never answers (nor closes them).
 pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
