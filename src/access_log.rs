@@ -6,6 +6,9 @@
 //! log itself. The writer wakes every 10 ms, drains everything queued through a buffer and
 //! flushes: lines appear within milliseconds, and senders never have to wake a sleeping thread.
 //!
+//! `SIGUSR1` reopens every file target (see [`AccessLog::reopen`]), so that logrotate can move
+//! a file away and have lb write to a new one at the same path, as with nginx.
+//!
 //! Lines are logfmt: `ts=... listener=web client=10.0.0.1:5123 method=GET path="/x" status=200
 //! backend=a bytes=1234 duration_ms=1.234 retries=0` (tcp sessions: `mode=tcp`,
 //! `bytes_in`/`bytes_out` instead of method/path/status/bytes).
@@ -51,6 +54,8 @@ enum Msg {
     Line(String),
     /// Flush everything queued before this, then answer.
     Flush(mpsc::Sender<()>),
+    /// Write out everything queued before this, then open the target's path again.
+    Reopen,
 }
 
 /// The sending side; cheap to share between listeners writing to the same target.
@@ -65,6 +70,7 @@ impl std::fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Line(_) => "Line",
             Msg::Flush(_) => "Flush",
+            Msg::Reopen => "Reopen",
         })
     }
 }
@@ -72,16 +78,30 @@ impl std::fmt::Debug for Msg {
 impl AccessLog {
     /// Opens `target` (files in append mode, created if missing) and starts its writer thread.
     pub fn open(target: &Target) -> io::Result<Arc<AccessLog>> {
-        let out: Box<dyn Write + Send> = match target {
-            Target::Stderr => Box::new(io::stderr()),
-            Target::Stdout => Box::new(io::stdout()),
-            Target::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
-        };
+        let out = open_target(target)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let d = dropped.clone();
-        std::thread::Builder::new().name("lb-access-log".into()).spawn(move || write_loop(rx, out, d))?;
+        let target = target.clone();
+        std::thread::Builder::new().name("lb-access-log".into()).spawn(move || write_loop(rx, out, &target, d))?;
         Ok(Arc::new(AccessLog { tx, dropped }))
+    }
+
+    /// Asks the writer to open its file again (`SIGUSR1`), after writing out every line sent
+    /// before. A file that cannot be opened is logged, and lines go on to the old one.
+    pub fn reopen(&self) {
+        // Queued behind the lines before it; if the queue is full the writer is behind, and
+        // this one request is worth waiting a tick for.
+        let mut msg = Msg::Reopen;
+        for _ in 0..100 {
+            match self.tx.try_send(msg) {
+                Err(TrySendError::Full(back)) => {
+                    msg = back;
+                    std::thread::sleep(TICK);
+                }
+                _ => return,
+            }
+        }
     }
 
     fn send(&self, line: String) {
@@ -209,7 +229,15 @@ impl std::fmt::Display for Escaped<'_> {
     }
 }
 
-fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, dropped: Arc<AtomicU64>) {
+fn open_target(target: &Target) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match target {
+        Target::Stderr => Box::new(io::stderr()),
+        Target::Stdout => Box::new(io::stdout()),
+        Target::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
+    })
+}
+
+fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, target: &Target, dropped: Arc<AtomicU64>) {
     let mut out = BufWriter::with_capacity(64 * 1024, out);
     let mut reported = 0;
     loop {
@@ -224,6 +252,20 @@ fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, dropped: Arc<Atomic
                 Ok(Msg::Flush(ack)) => {
                     let _ = out.flush();
                     let _ = ack.send(());
+                }
+                Ok(Msg::Reopen) => {
+                    let _ = out.flush();
+                    if let Target::File(_) = target {
+                        match open_target(target) {
+                            Ok(new) => {
+                                out = BufWriter::with_capacity(64 * 1024, new);
+                                tracing::info!(access_log = %target, "access log reopened");
+                            }
+                            Err(e) => {
+                                tracing::error!(access_log = %target, error = %e, "cannot reopen access log; writing to the old file")
+                            }
+                        }
+                    }
                 }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {

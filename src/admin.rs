@@ -71,9 +71,16 @@ async fn route(req: Request<Incoming>, admin: Arc<Admin>) -> Result<Response<Ful
     })
 }
 
-/// Serves the admin endpoints until the drain is triggered. `topology` is the listener and
-/// health-check view that `app` republishes on reload.
-pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, topology: SharedTopology, mut signal: Signal) {
+/// Serves the admin endpoints until `stop` (the admin listener moved or was removed by a
+/// reload) or the drain (shutdown) is triggered; connections end gracefully at the drain.
+/// `topology` is the listener and health-check view that `app` republishes on reload.
+pub async fn serve(
+    listener: TcpListener,
+    metrics: Arc<Metrics>,
+    topology: SharedTopology,
+    mut stop: Signal,
+    mut signal: Signal,
+) {
     let rates = Arc::new(Rates::default());
     tokio::spawn(rates.clone().run(metrics.clone(), signal.clone()));
     let admin = Arc::new(Admin { metrics, topology, rates });
@@ -87,6 +94,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, topology: Share
                 Err(_) => return,
             },
             _ = signal.triggered() => return,
+            _ = stop.triggered() => return,
         };
         let (stream, _peer): (_, SocketAddr) = tokio::select! {
             r = listener.accept() => match r {
@@ -97,6 +105,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, topology: Share
                 }
             },
             _ = signal.triggered() => return,
+            _ = stop.triggered() => return,
         };
         let builder = builder.clone();
         let mut sig = signal.clone();

@@ -59,6 +59,8 @@ pub struct Running {
     config: Config,
     listeners: BTreeMap<String, ListenerSlot>,
     admin: Option<SocketAddr>,
+    /// Stops the admin listener's accept loop alone (moved or removed on reload).
+    admin_stop: Drain,
     pools: BTreeMap<String, PoolHandle>,
     /// Access-log writers by target, shared by the listeners that name it.
     access_logs: BTreeMap<Target, Arc<AccessLog>>,
@@ -142,6 +144,10 @@ fn listener_tls(l: &ListenerConfig) -> Result<Option<Arc<ServerConfig>>, StartEr
         .map_err(|source| StartError::Tls { listener: l.name.clone(), source: Box::new(source) })
 }
 
+fn bind_admin(addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    server::bind(addr).map_err(|source| StartError::Bind { what: "admin".into(), addr, source })
+}
+
 fn bind(l: &ListenerConfig) -> Result<std::net::TcpListener, StartError> {
     server::bind_std(l.bind).map_err(|source| StartError::Bind {
         what: format!("listener {:?}", l.name),
@@ -170,12 +176,7 @@ impl Running {
             let extras = prepare(l, &mut access_logs)?;
             bound.push((l.clone(), bind(l)?, extras));
         }
-        let admin_sock = match config.admin {
-            Some(addr) => {
-                Some(server::bind(addr).map_err(|source| StartError::Bind { what: "admin".into(), addr, source })?)
-            }
-            None => None,
-        };
+        let admin_sock = config.admin.map(bind_admin).transpose()?;
         let monitors = pools
             .iter()
             .map(|(name, h)| (name.clone(), Monitor::start(h.clone(), config.pools[name].health.clone())))
@@ -184,6 +185,7 @@ impl Running {
             config,
             listeners: BTreeMap::new(),
             admin: None,
+            admin_stop: Drain::default(),
             pools,
             monitors,
             access_logs,
@@ -199,12 +201,18 @@ impl Running {
         }
         running.publish_status();
         if let Some(sock) = admin_sock {
-            running.admin = sock.local_addr().ok();
-            tracing::info!(addr = ?running.admin, "admin listening");
-            let (metrics, status) = (running.metrics.clone(), running.status.clone());
-            tokio::spawn(crate::admin::serve(sock, metrics, status, running.drain.signal()));
+            running.spawn_admin(sock);
         }
         Ok(running)
+    }
+
+    /// Serves the admin endpoints on `sock` until the admin listener moves or lb stops.
+    fn spawn_admin(&mut self, sock: tokio::net::TcpListener) {
+        self.admin = sock.local_addr().ok();
+        tracing::info!(addr = ?self.admin, "admin listening");
+        self.admin_stop = Drain::default();
+        let (metrics, status) = (self.metrics.clone(), self.status.clone());
+        tokio::spawn(crate::admin::serve(sock, metrics, status, self.admin_stop.signal(), self.drain.signal()));
     }
 
     /// Starts accepting on `sock` on every worker. `limit_of`: the runtime that served the
@@ -245,6 +253,13 @@ impl Running {
     /// Bound address of each listener, by name (useful when binding port 0).
     pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
         self.listeners.get(name).map(|l| l.local)
+    }
+
+    /// Opens every access-log file again (`SIGUSR1`, after logrotate moved them away).
+    pub fn reopen_access_logs(&self) {
+        for log in self.access_logs.values() {
+            log.reopen();
+        }
     }
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
@@ -319,9 +334,14 @@ impl Running {
                 fresh.insert(l.name.clone(), (sock, limit));
             }
         }
-        if new.admin != self.config.admin {
-            tracing::warn!("the [admin] address changed; it takes effect at the next restart");
-        }
+        // The admin listener moves like a listener: the new address is bound before anything
+        // is switched (a bind that fails rejects the reload), the old one stops accepting once
+        // the reload is applied, and admin requests in flight there finish.
+        let admin_moved = new.admin != self.config.admin;
+        let admin_sock = match new.admin {
+            Some(addr) if admin_moved => Some(bind_admin(addr)?),
+            _ => None,
+        };
         // 2. Pools: same handle for a kept name, so open connections follow at once.
         let mut pools = BTreeMap::new();
         for (name, cfg) in &new.pools {
@@ -381,6 +401,13 @@ impl Running {
                 runtime.inherit_limit(&slot.runtime.load());
                 slot.runtime.store(Arc::new(runtime));
                 slot.cfg = l.clone();
+            }
+        }
+        if admin_moved {
+            self.admin_stop.trigger();
+            self.admin = None;
+            if let Some(sock) = admin_sock {
+                self.spawn_admin(sock);
             }
         }
         self.config = new;

@@ -11,7 +11,8 @@ use tokio::signal::unix::{signal, SignalKind};
 /// A Layer-4/7 load-balancing reverse proxy.
 ///
 /// Signals: SIGHUP reloads the config; SIGTERM/SIGINT stop accepting, let in-flight requests
-/// finish (up to --shutdown-timeout) and exit 0.
+/// finish (up to --shutdown-timeout) and exit 0; SIGUSR1 reopens access-log files (logrotate);
+/// SIGUSR2 is logged and ignored.
 #[derive(Debug, Parser)]
 #[command(name = "lb", version, about, long_about)]
 struct Cli {
@@ -39,8 +40,36 @@ enum LogFormat {
     Json,
 }
 
+/// The log filter from `LB_LOG` (a level such as `debug`, or directives such as
+/// `lb=debug,info`), or `info`. A value that does not parse must not silence lb, fatal errors
+/// included: it is reported on stderr and the default is used. tracing would read a bare word
+/// as a target to log at every level and everything else not at all, so `warning` or `verbose`
+/// would turn lb silent; here a bare word must be a level (`target=trace` names a target).
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let Ok(v) = std::env::var("LB_LOG") else { return "info".into() };
+    if v.trim().is_empty() {
+        return "info".into();
+    }
+    let bare_non_level = v
+        .split(',')
+        .map(str::trim)
+        .find(|d| !d.is_empty() && !d.contains(['=', '[']) && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)));
+    let parsed = match bare_non_level {
+        Some(word) => Err(format!("{word:?} is not a level")),
+        None => tracing_subscriber::EnvFilter::builder().parse(&v).map_err(|e| e.to_string()),
+    };
+    parsed.unwrap_or_else(|why| {
+        eprintln!(
+            "lb: LB_LOG={v:?} is not a log filter ({why}); using \"info\". Levels: {}; or TARGET=LEVEL, comma-separated",
+            LEVELS.join(", ")
+        );
+        "info".into()
+    })
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into());
+    let filter = log_filter();
     // Colours only on a terminal: logs piped to a file or a journal stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -98,14 +127,22 @@ fn check(cli: &Cli) -> ExitCode {
 }
 
 async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
-    let (mut term, mut int, mut hup) =
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup())) {
-            (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-            _ => {
-                tracing::error!("cannot install signal handlers");
-                return ExitCode::FAILURE;
-            }
-        };
+    // Every signal operators send by habit is handled: the default action of USR1/USR2 would
+    // kill lb without a word (logrotate's postrotate sends USR1, as for nginx).
+    let handlers = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    );
+    let (mut term, mut int, mut hup, mut usr1, mut usr2) = match handlers {
+        (Ok(t), Ok(i), Ok(h), Ok(u1), Ok(u2)) => (t, i, h, u1, u2),
+        _ => {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
     let workers = if cli.workers == 0 { lb::workers::default_count() } else { cli.workers };
     let mut running = match lb::app::Running::start_with_workers(loaded.config.clone(), workers).await {
         Ok(r) => r,
@@ -127,6 +164,11 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
             _ = int.recv() => break,
             // The outcome is logged by reload itself.
             _ = hup.recv() => { let _ = running.reload(&cli.config).await; }
+            _ = usr1.recv() => {
+                tracing::info!("SIGUSR1: reopening access logs");
+                running.reopen_access_logs();
+            }
+            _ = usr2.recv() => tracing::info!("SIGUSR2 ignored (lb has no binary upgrade; SIGHUP reloads lb.toml)"),
         }
     }
     tracing::info!(timeout = ?cli.shutdown_timeout, "shutting down: draining in-flight requests (a second signal stops at once)");

@@ -77,6 +77,12 @@ impl Changes {
                 items.push(format!("listener {} removed", o.name));
             }
         }
+        match (old.admin, new.admin) {
+            (None, Some(a)) => items.push(format!("admin added on {a}")),
+            (Some(a), None) => items.push(format!("admin removed from {a}")),
+            (Some(a), Some(b)) if a != b => items.push(format!("admin moved {a} -> {b}")),
+            _ => {}
+        }
         Changes { items }
     }
 

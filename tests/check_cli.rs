@@ -117,6 +117,22 @@ fn duplicate_binds() {
     assert!(check("wild-ok", &toml).1.ok);
 }
 
+/// `:80` and `*:80` are every IPv4 address, as nginx's `listen 80` and HAProxy's `bind :80`;
+/// a port alone is refused with what to write instead.
+#[test]
+fn port_only_binds() {
+    for (name, bind) in [("colon", ":8085"), ("star", "*:8085")] {
+        let toml = GOOD.replace("bind = \"127.0.0.1:8080\"", &format!("bind = \"{bind}\""));
+        let (_, out) = check(name, &toml);
+        assert!(out.ok, "{bind}: {}", out.stderr);
+        assert!(out.stdout.contains("0.0.0.0:8085"), "{bind}: {}", out.stdout);
+    }
+    let toml = GOOD.replace("bind = \"127.0.0.1:8080\"", "bind = \"8080\"");
+    rejects("port-alone", &toml, 7, "write \":8080\" or \"0.0.0.0:8080\"");
+    let toml = GOOD.replace("bind = \"127.0.0.1:9900\"", "bind = \"*:99999\"");
+    rejects("star-bad-port", &toml, 3, "invalid admin bind address \"*:99999\"");
+}
+
 #[test]
 fn zero_backends() {
     let toml = "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n[pools.app]\nstrategy = \"random\"\nbackends = []\n";

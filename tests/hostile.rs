@@ -53,7 +53,8 @@ impl Reply {
 
     fn status(&self) -> u16 {
         let t = self.text();
-        t.strip_prefix("HTTP/1.1 ").and_then(|r| r.get(..3)).and_then(|c| c.parse().ok()).unwrap_or(0)
+        // "HTTP/1.1 200" (or 1.0, to an HTTP/1.0 client)
+        t.strip_prefix("HTTP/1.").and_then(|r| r.get(2..5)).and_then(|c| c.parse().ok()).unwrap_or(0)
     }
 
     /// The response head, lowercased.
@@ -171,6 +172,62 @@ async fn obfuscated_transfer_encodings_get_400_and_close_with_nothing_forwarded(
 /// Both Content-Length and Transfer-Encoding, in either order: 400 with the proxy's own text,
 /// closed, nothing forwarded, and nothing after it on the connection read. Sent whole, and
 /// split so that the head arrives in pieces.
+/// Requests whose target or host a backend could read differently from lb (RFC 9112 §3.2,
+/// §3.2.4), and `CONNECT`, which a reverse proxy does not tunnel: lb's own answer, a close, and
+/// nothing forwarded.
+const BAD_TARGETS: &[(&str, u16, &[u8])] = &[
+    ("HTTP/1.1 without Host", 400, b"GET / HTTP/1.1\r\nX-A: a\r\n\r\n"),
+    ("an empty Host", 400, b"GET / HTTP/1.1\r\nHost:\r\n\r\n"),
+    ("a Host with a space", 400, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n"),
+    ("a Host with a slash", 400, b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"),
+    ("a Host with userinfo", 400, b"GET / HTTP/1.1\r\nHost: user@a\r\n\r\n"),
+    ("a Host with a bad port", 400, b"GET / HTTP/1.1\r\nHost: a:80x\r\n\r\n"),
+    ("HTTP/1.0 with a bad Host", 400, b"GET / HTTP/1.0\r\nHost: a b\r\n\r\n"),
+    ("GET *", 400, b"GET * HTTP/1.1\r\nHost: h\r\n\r\n"),
+    ("CONNECT", 405, b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"),
+    (
+        "CONNECT with a tunnel's first bytes",
+        405,
+        b"CONNECT 127.0.0.1:22 HTTP/1.1\r\nHost: 127.0.0.1:22\r\n\r\nSSH-2.0-x\r\n",
+    ),
+];
+
+#[tokio::test]
+async fn bad_hosts_targets_and_connect_are_refused_with_nothing_forwarded() {
+    let (b, _lb, addr) = lb_with("").await;
+    for (what, status, bytes) in BAD_TARGETS {
+        let mut then = bytes.to_vec();
+        then.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
+        let r = send(addr, &then).await;
+        assert_eq!(r.status(), *status, "{what}: {}", r.text());
+        assert!(r.closed, "{what}: connection left open");
+        assert!(r.head().contains("connection: close"), "{what}: {}", r.text());
+        assert_eq!(r.text().matches("HTTP/1.").count(), 1, "{what}: more than one answer: {}", r.text());
+        assert_eq!(b.hits(), 0, "{what}: the backend saw {:?}", b.last_seen());
+        normal_request_is_served(addr, &b).await;
+        b.hits.store(0, Ordering::SeqCst);
+    }
+}
+
+/// What is allowed beside those: `OPTIONS *`, an HTTP/1.0 request without Host (it names the
+/// backend), hosts with ports and IP literals, and a higher HTTP/1 minor version, served as
+/// HTTP/1.1 (RFC 9110 §2.5), all reach the backend as the client sent them.
+#[tokio::test]
+async fn good_hosts_options_star_and_http_1_2_are_served() {
+    let (b, _lb, addr) = lb_with("").await;
+    for (what, bytes, uri) in [
+        ("OPTIONS *", &b"OPTIONS * HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"[..], "*"),
+        ("HTTP/1.0 without Host", b"GET /ten HTTP/1.0\r\n\r\n", "/ten"),
+        ("a host and port", b"GET /port HTTP/1.1\r\nHost: shop.example:8080\r\nConnection: close\r\n\r\n", "/port"),
+        ("an IPv6 literal", b"GET /v6 HTTP/1.1\r\nHost: [::1]:80\r\nConnection: close\r\n\r\n", "/v6"),
+        ("HTTP/1.2", b"GET /twelve HTTP/1.2\r\nHost: h\r\nConnection: close\r\n\r\n", "/twelve"),
+    ] {
+        let r = send(addr, bytes).await;
+        assert_eq!(r.status(), 200, "{what}: {}", r.text());
+        assert_eq!(b.last_seen().uri, uri, "{what}");
+    }
+}
+
 #[tokio::test]
 async fn content_length_with_transfer_encoding_gets_400_and_close_with_nothing_forwarded() {
     let (b, _lb, addr) = lb_with("").await;

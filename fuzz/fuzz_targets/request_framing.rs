@@ -15,7 +15,7 @@ fn run(stream: &[u8], step: usize) -> (usize, bool) {
     let (mut passed, mut held) = (0, Vec::new());
     for piece in stream.chunks(step) {
         held.extend_from_slice(piece);
-        match s.scan(&held) {
+        match s.scan(&mut held) {
             Scan::Pass(n) => {
                 assert!(n <= held.len());
                 passed += n;

@@ -65,6 +65,25 @@ impl Ctx<'_> {
         }
     }
 
+    /// A listening address: `ip:port`, or `:port` / `*:port` for every IPv4 address (as nginx's
+    /// `listen 80` and HAProxy's `bind :80` mean; `[::]:port` is every address, IPv6 and IPv4).
+    /// A name is looked up once now, as for backends.
+    fn bind_addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
+        let s = v.get_ref().trim();
+        let port = s.strip_prefix("*:").or_else(|| s.strip_prefix(':'));
+        if let Some(port) = port.and_then(|p| p.parse::<u16>().ok()) {
+            return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+        }
+        if let Ok(port) = s.parse::<u16>() {
+            let message = format!(
+                "invalid {what} address {s:?}: a port alone is ambiguous; write \":{port}\" or \"0.0.0.0:{port}\" \
+                 (every IPv4 address), \"[::]:{port}\" (every address) or \"127.0.0.1:{port}\" (this host only)"
+            );
+            return Err(self.err(v.span(), message));
+        }
+        self.addr(v, what)
+    }
+
     /// Resolves `host:port` (an IP literal, or a name looked up once now).
     fn addr(&self, v: &Spanned<String>, what: &str) -> Result<SocketAddr, ConfigError> {
         let s = v.get_ref().trim();
@@ -87,7 +106,7 @@ pub(super) fn validate(path: &Path, text: &str, raw: RawConfig) -> Result<Loaded
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
 
     let admin = match &raw.admin {
-        Some(a) => Some(cx.addr(&a.bind, "admin bind")?),
+        Some(a) => Some(cx.bind_addr(&a.bind, "admin bind")?),
         None => None,
     };
 
@@ -224,7 +243,7 @@ fn listener_config(
     Ok(ListenerConfig {
         access_log,
         accept_proxy: l.accept_proxy,
-        bind: cx.addr(&l.bind, "listener bind")?,
+        bind: cx.bind_addr(&l.bind, "listener bind")?,
         mode: l.mode,
         pool,
         header_timeout: cx.duration(&l.header_timeout, "header_timeout", defaults::HEADER_TIMEOUT)?,

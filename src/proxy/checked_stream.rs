@@ -174,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                 // Fast path: read into hyper's buffer and judge the bytes there.
                 let before = out.filled().len();
                 ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
-                let new = &out.filled()[before..];
+                let new = &mut out.filled_mut()[before..];
                 if new.is_empty() || this.scanner.is_off() {
                     this.delivered |= !new.is_empty();
                     return Poll::Ready(Ok(()));
@@ -214,7 +214,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
             }
             // The scanner goes on from where it stopped in the held head (each byte is scanned
             // once, however the head is trickled in).
-            match this.scanner.scan(&this.held) {
+            match this.scanner.scan(&mut this.held) {
                 Scan::Pass(n) => this.ready = n,
                 Scan::Refuse(n, why) => {
                     this.held.truncate(n);

@@ -131,11 +131,12 @@ impl Scanner {
 
     /// Judges `data`, the bytes that follow everything judged so far. Bytes reported as passed
     /// are consumed (the scanner's state moves past them); the rest must be offered again,
-    /// with more bytes after it, on the next call.
-    pub fn scan(&mut self, data: &[u8]) -> Scan {
+    /// with more bytes after it, on the next call. The one change it makes to them: a request
+    /// line's `HTTP/1.2` to `HTTP/1.9` becomes `HTTP/1.1` (see [`HeadScan::scan`]).
+    pub fn scan(&mut self, data: &mut [u8]) -> Scan {
         let mut pos = 0;
         loop {
-            let rest = &data[pos..];
+            let rest = &mut data[pos..];
             if rest.is_empty() {
                 return Scan::Pass(pos);
             }
@@ -273,7 +274,11 @@ impl HeadScan {
     /// Goes on scanning the head at the start of `data` (the same bytes as on the last call,
     /// and maybe more) from where the last call stopped. Lines end at LF, with or without CR
     /// before it, as httparse accepts both.
-    fn scan(&mut self, data: &[u8], max_headers: usize) -> Progress {
+    ///
+    /// A request line ending in `HTTP/1.2` to `HTTP/1.9` is rewritten to `HTTP/1.1` in place:
+    /// RFC 9110 §2.5 has a server answer a higher minor version of a major version it speaks
+    /// as the highest it supports, but httparse (so hyper) refuses any minor version beyond 1.
+    fn scan(&mut self, data: &mut [u8], max_headers: usize) -> Progress {
         loop {
             let search = self.searched.max(self.scanned).min(data.len());
             let Some(i) = memchr(b'\n', &data[search..]) else {
@@ -281,15 +286,21 @@ impl HeadScan {
                 return Progress::Incomplete;
             };
             let nl = search + i;
-            let line = trim_cr(&data[self.scanned..nl]);
-            let first = self.scanned == 0;
+            let start = self.scanned;
             self.scanned = nl + 1;
-            if first {
+            // The line without its LF, and without the CR before it if there is one.
+            let end = nl - usize::from(nl > start && data[nl - 1] == b'\r');
+            if start == 0 {
+                if let [.., b' ', b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9'] = &data[..end] {
+                    data[end - 1] = b'1';
+                }
+                let line = &data[..end];
                 self.http11 = line.ends_with(b" HTTP/1.1");
                 self.connect = line.starts_with(b"CONNECT ");
                 self.h2 = line.starts_with(b"PRI ") && line.ends_with(b" HTTP/2.0");
                 continue;
             }
+            let line = &data[start..end];
             if line.is_empty() {
                 return Progress::Complete(self.scanned);
             }
@@ -350,10 +361,6 @@ impl HeadScan {
     }
 }
 
-fn trim_cr(line: &[u8]) -> &[u8] {
-    line.strip_suffix(b"\r").unwrap_or(line)
-}
-
 /// A `Content-Length` value as hyper accepts it: ASCII digits only.
 fn parse_length(value: &[u8]) -> Option<u64> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
@@ -373,7 +380,7 @@ mod tests {
         let (mut passed, mut held) = (Vec::new(), Vec::new());
         for piece in stream.chunks(step) {
             held.extend_from_slice(piece);
-            match s.scan(&held) {
+            match s.scan(&mut held) {
                 Scan::Pass(n) => {
                     passed.extend(held.drain(..n));
                 }
@@ -557,10 +564,30 @@ mod tests {
     }
 
     #[test]
+    fn higher_minor_versions_become_http_1_1() {
+        for (line, want) in [
+            (&b"GET / HTTP/1.2\r\n"[..], &b"GET / HTTP/1.1\r\n"[..]),
+            (b"GET / HTTP/1.9\n", b"GET / HTTP/1.1\n"),
+            (b"GET /HTTP/1.2 HTTP/1.0\r\n", b"GET /HTTP/1.2 HTTP/1.0\r\n"),
+            (b"GET / HTTP/2.2\r\n", b"GET / HTTP/2.2\r\n"),
+            (b"GET / HTTP/1.12\r\n", b"GET / HTTP/1.12\r\n"),
+        ] {
+            let mut head = [line, b"Host: h\r\n\r\n"].concat();
+            let mut s = Scanner::default();
+            assert_eq!(s.scan(&mut head), Scan::Pass(head.len()));
+            assert_eq!(&head[..line.len()], want, "{:?}", String::from_utf8_lossy(line));
+        }
+        // Only request lines: a header line that happens to end the same way is left alone.
+        let mut two = b"GET / HTTP/1.1\r\nX: HTTP/1.2\r\n\r\nGET / HTTP/1.3\r\n\r\n".to_vec();
+        Scanner::default().scan(&mut two);
+        assert_eq!(&two[..], b"GET / HTTP/1.1\r\nX: HTTP/1.2\r\n\r\nGET / HTTP/1.1\r\n\r\n");
+    }
+
+    #[test]
     fn oversized_heads_are_refused() {
         let mut s = Scanner::default();
-        let huge = vec![b'a'; MAX_HEAD + 1];
-        assert_eq!(s.scan(&huge), Scan::Refuse(0, Refusal::TooLarge));
+        let mut huge = vec![b'a'; MAX_HEAD + 1];
+        assert_eq!(s.scan(&mut huge), Scan::Refuse(0, Refusal::TooLarge));
         // A head longer than the limit is refused as such, cut into reads or not.
         let long_bad = [
             &b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\nX: "[..],
@@ -571,8 +598,11 @@ mod tests {
         check_steps(&long_bad, 0, Some(Refusal::TooLarge), &[1000, 4096, long_bad.len()]);
         // Header lines are counted against max_headers.
         let mut s = Scanner::new(2);
-        assert_eq!(s.scan(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n"), Scan::Pass(30));
-        assert_eq!(s.scan(b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n"), Scan::Refuse(0, Refusal::TooLarge));
+        assert_eq!(s.scan(&mut b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\n\r\n".to_vec()), Scan::Pass(30));
+        assert_eq!(
+            s.scan(&mut b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n".to_vec()),
+            Scan::Refuse(0, Refusal::TooLarge)
+        );
     }
 
     /// A head trickled in line by line is refused once it has too many lines, before it ends,
@@ -581,17 +611,17 @@ mod tests {
     fn too_many_lines_are_refused_before_the_head_ends() {
         let mut s = Scanner::new(100);
         let mut held = b"GET / HTTP/1.1\r\n".to_vec();
-        assert_eq!(s.scan(&held), Scan::Pass(0));
+        assert_eq!(s.scan(&mut held), Scan::Pass(0));
         for line in 1..=100 {
             held.extend_from_slice(b"a\n");
-            assert_eq!(s.scan(&held), Scan::Pass(0), "line {line}");
+            assert_eq!(s.scan(&mut held), Scan::Pass(0), "line {line}");
             assert_eq!((s.head.scanned, s.head.lines), (held.len(), line));
         }
         held.extend_from_slice(b"a");
-        assert_eq!(s.scan(&held), Scan::Pass(0));
+        assert_eq!(s.scan(&mut held), Scan::Pass(0));
         assert_eq!(s.head.searched, held.len());
         held.extend_from_slice(b"\n");
-        assert_eq!(s.scan(&held), Scan::Refuse(0, Refusal::TooLarge));
+        assert_eq!(s.scan(&mut held), Scan::Refuse(0, Refusal::TooLarge));
         // The same verdict for the stream whole (or in any pieces).
         let stream = [&b"GET / HTTP/1.1\r\n"[..], &b"a\n".repeat(30_000)].concat();
         check_steps(&stream, 0, Some(Refusal::TooLarge), &[1, 2, 5, 4096, stream.len()]);

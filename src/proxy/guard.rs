@@ -14,6 +14,11 @@
 //!   `gzip, chunked` and repeated headers, which other servers may frame differently): `400`;
 //! - more than one `Host` header (RFC 9112 §3.2; lb and the backend could each take a
 //!   different one): `400` (found where the proxy reads the host, with the same lookup);
+//! - an HTTP/1.1 request without a host (no `Host`, no absolute-form target), or whose host is
+//!   empty or not `host[:port]` as RFC 3986 spells it (a space, `/`, `\`, `@`...): `400`
+//!   (RFC 9112 §3.2), as nginx does; a backend that routes by host must not guess;
+//! - the asterisk form (`* HTTP/1.1`) with any method but `OPTIONS` (RFC 9112 §3.2.4): `400`;
+//! - `CONNECT`: `405`. lb is a reverse proxy and opens no tunnels to where a client asks;
 //! - a path and query longer than `max_uri_bytes`: `414`;
 //! - a declared `Content-Length` over `max_body_bytes`: `413`; a body without one that grows
 //!   past it is cut off there by [`ClientBody`] and answered with `413` too.
@@ -41,7 +46,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -74,6 +79,14 @@ pub enum Refusal {
     /// More than one `Host` header (RFC 9112 §3.2): backends and lb could disagree on which
     /// one names the site.
     DuplicateHost,
+    /// An HTTP/1.1 request with no host at all (RFC 9112 §3.2).
+    MissingHost,
+    /// A host that is empty or not `host[:port]` (see [`valid_host`]).
+    InvalidHost,
+    /// `*` as the target of anything but `OPTIONS` (RFC 9112 §3.2.4).
+    AsteriskForm,
+    /// `CONNECT`: lb opens no tunnels to where a client asks.
+    Connect,
 }
 
 impl Refusal {
@@ -87,6 +100,12 @@ impl Refusal {
             Refusal::BodyTooLarge => local::respond(StatusCode::PAYLOAD_TOO_LARGE, "413 Content Too Large"),
             Refusal::BodyAborted => local::bad_request("the request body ended early"),
             Refusal::DuplicateHost => local::bad_request("more than one Host header"),
+            Refusal::MissingHost => local::bad_request("no Host header"),
+            Refusal::InvalidHost => local::bad_request("invalid Host header"),
+            Refusal::AsteriskForm => local::bad_request("the target * is for OPTIONS only"),
+            Refusal::Connect => {
+                local::respond(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed: lb does not tunnel CONNECT")
+            }
         };
         if version < Version::HTTP_2 {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
@@ -97,6 +116,13 @@ impl Refusal {
 
 /// Checks a request head against the rules above. Cheap: a few header lookups.
 pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Refusal> {
+    if req.method() == Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    // hyper parses `*` (and only it) into a URI without a path that starts with '/'.
+    if req.method() != Method::OPTIONS && req.uri().path() == "*" {
+        return Err(Refusal::AsteriskForm);
+    }
     let headers = req.headers();
     let mut te = headers.get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = te.next() {
@@ -117,6 +143,35 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Refusal> {
         }
     }
     Ok(())
+}
+
+/// True when `host` is `host[:port]` as RFC 3986 §3.2.2-3 spells it: a non-empty reg-name
+/// (unreserved, percent-encoded or sub-delim characters), an IPv4 address (a reg-name too) or a
+/// bracketed IP literal, then optionally `:` and at most five digits. A Host that fails this
+/// (empty, with a space, `/`, `\`, `@`, `?`, `#`, a control byte) could be read differently by
+/// lb and by a backend that routes by it; nginx refuses such hosts as well.
+pub fn valid_host(host: &[u8]) -> bool {
+    let (name, port) = if host.first() == Some(&b'[') {
+        let Some(close) = memchr::memchr(b']', host) else { return false };
+        let literal = &host[1..close];
+        let ok = !literal.is_empty() && literal.iter().all(|&b| b.is_ascii_hexdigit() || b":.vV".contains(&b));
+        if !ok {
+            return false;
+        }
+        match &host[close + 1..] {
+            [] => return true,
+            [b':', port @ ..] => (&b"x"[..], port),
+            _ => return false,
+        }
+    } else {
+        match memchr::memrchr(b':', host) {
+            Some(i) => (&host[..i], &host[i + 1..]),
+            None => (host, &b""[..]),
+        }
+    };
+    let name_ok =
+        !name.is_empty() && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
+    name_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
 }
 
 /// A client's request body on its way to a backend, cut off with an error once it grows past
@@ -515,6 +570,53 @@ mod tests {
     use super::*;
 
     const LIMITS: Limits = Limits { max_uri_bytes: 16, max_body_bytes: Some(10) };
+
+    #[test]
+    fn hosts_as_rfc_3986_spells_them() {
+        for good in [
+            "example.com",
+            "a.b-c_d~e",
+            "example.com:8080",
+            "example.com:",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "xn--bcher-kva.example",
+            "a%20b",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "a b",
+            "a/b",
+            "a\\b",
+            "user@host",
+            "h?x",
+            "h#x",
+            ":80",
+            "h:123456",
+            "h:8o",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[::1]:x",
+            "h\t",
+            "h:80:80",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn connect_and_the_asterisk_form_are_refused() {
+        let connect = Request::connect("h:443").body(()).unwrap();
+        assert_eq!(check(&connect, &LIMITS), Err(Refusal::Connect));
+        let star = Request::get("*").body(()).unwrap();
+        assert_eq!(check(&star, &LIMITS), Err(Refusal::AsteriskForm));
+        let options = Request::options("*").body(()).unwrap();
+        assert_eq!(check(&options, &LIMITS), Ok(()));
+    }
 
     fn req(headers: &[(&str, &str)], uri: &str) -> Request<()> {
         let mut b = Request::post(uri);

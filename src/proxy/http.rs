@@ -179,6 +179,15 @@ impl HttpProxy {
             }
             None => first_host,
         };
+        // RFC 9112 §3.2: an HTTP/1.1 request names its host; an empty or malformed one is
+        // refused rather than guessed at (the authority form was checked by the URI parser).
+        match &host {
+            None if version == Version::HTTP_11 => return (guard::Refusal::MissingHost.response(version), None),
+            Some(h) if !guard::valid_host(h.as_bytes()) => {
+                return (guard::Refusal::InvalidHost.response(version), None)
+            }
+            _ => {}
+        }
         // An HTTP/1.0 client may send no Host at all, but backends get HTTP/1.1, where it is
         // required: such requests name the backend they go to (as nginx does by default).
         let needs_host = host.is_none();

@@ -37,6 +37,11 @@ impl Lb {
     /// Writes `toml` to `<tmp>/lb.toml`, starts `lb --config <it> <args>` and waits until it
     /// logs that it started.
     pub async fn start(toml: &str, args: &[&str]) -> Lb {
+        Lb::start_with_env(toml, args, &[("LB_LOG", "info")]).await
+    }
+
+    /// [`Lb::start`] with these environment variables set (and nothing else changed).
+    pub async fn start_with_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Lb {
         let dir = std::env::temp_dir().join(format!(
             "lb-test-{}-{}",
             std::process::id(),
@@ -49,7 +54,7 @@ impl Lb {
             .arg("--config")
             .arg(&config)
             .args(args)
-            .env("LB_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -108,7 +113,7 @@ impl Lb {
             .unwrap_or_else(|| panic!("no addr= in {line:?}"))
     }
 
-    /// Sends `sig` ("HUP", "TERM", "INT") to the process.
+    /// Sends `sig` ("HUP", "TERM", "INT", "USR1"...) to the process.
     pub fn signal(&self, sig: &str) {
         let ok =
             Command::new("kill").arg("-s").arg(sig).arg(self.pid().to_string()).status().expect("run kill").success();

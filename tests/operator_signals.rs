@@ -1,0 +1,150 @@
+//! What operators send by habit, through the real binary: `SIGUSR1` (logrotate's postrotate)
+//! reopens access-log files, `SIGUSR2` is logged and ignored, an `LB_LOG` that does not parse
+//! falls back to `info` with a word on stderr, and a reload that moves `[admin]` moves it.
+
+mod common;
+mod lbproc;
+
+use std::time::Duration;
+
+use common::TestBackend;
+use lbproc::*;
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+async fn wait_lines(path: &std::path::Path, n: usize) -> Vec<String> {
+    wait_until(&format!("{n} lines in {}", path.display()), || lines(path).len() >= n).await;
+    lines(path)
+}
+
+fn config(b: &TestBackend, extra: &str) -> String {
+    format!("{extra}\n{}\n{}", listener("web", "127.0.0.1:0", "http", "app"), pool("app", "round_robin", &[b], ""))
+}
+
+async fn served(lb: &Lb, path: &str) {
+    let addr = lb.listener_addr(0, "web").await;
+    let mut c = Conn::open(addr).await;
+    assert_eq!(c.get(path).await.map(|(s, _)| s), Ok(200), "{path}");
+}
+
+#[tokio::test]
+async fn sigusr1_reopens_access_logs_as_logrotate_expects() {
+    let b = TestBackend::start("a").await;
+    let dir = std::env::temp_dir().join(format!("lb-usr1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (log, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(&rotated);
+    let toml =
+        config(&b, "").replace("pool = \"app\"\n", &format!("pool = \"app\"\naccess_log = \"{}\"\n", log.display()));
+    let lb = Lb::start(&toml, &[]).await;
+    served(&lb, "/before").await;
+    assert_eq!(wait_lines(&log, 1).await.len(), 1);
+    // logrotate: move the file away, then tell lb.
+    std::fs::rename(&log, &rotated).unwrap();
+    let from = lb.mark();
+    lb.signal("USR1");
+    lb.wait_log(from, |l| l.contains("access log reopened")).await;
+    served(&lb, "/after").await;
+    let new = wait_lines(&log, 1).await;
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert!(new[0].contains("path=\"/after\""), "{new:?}");
+    let old = lines(&rotated);
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert!(old[0].contains("path=\"/before\""), "{old:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn sigusr2_is_logged_and_ignored() {
+    let b = TestBackend::start("a").await;
+    let mut lb = Lb::start(&config(&b, ""), &[]).await;
+    let from = lb.mark();
+    lb.signal("USR2");
+    lb.wait_log(from, |l| l.contains("SIGUSR2 ignored")).await;
+    // USR1 without any access log is harmless too.
+    lb.signal("USR1");
+    lb.wait_log(from, |l| l.contains("SIGUSR1")).await;
+    assert_eq!(lb.try_exit(), None, "lb exited:\n{}", lb.logs().join("\n"));
+    served(&lb, "/still-serving").await;
+}
+
+#[tokio::test]
+async fn an_lb_log_that_does_not_parse_falls_back_to_info() {
+    let b = TestBackend::start("a").await;
+    for bad in ["warning", "verbose", "lb=loud"] {
+        // `start` waits for the info-level " started: " line: it is there only if the default
+        // level was used.
+        let lb = Lb::start_with_env(&config(&b, ""), &[], &[("LB_LOG", bad)]).await;
+        let said = lb.logs().iter().any(|l| l.contains(&format!("LB_LOG={bad:?} is not a log filter")));
+        assert!(said, "{bad}: {}", lb.logs().join("\n"));
+    }
+    // A good value still applies: at `error`, nothing is logged at start.
+    let mut quiet = std::process::Command::new(env!("CARGO_BIN_EXE_lb"));
+    let dir = std::env::temp_dir().join(format!("lb-loglevel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("lb.toml");
+    // A config that fails to start (port taken) logs an error at any level but `off`.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    std::fs::write(&path, config(&b, "").replace("127.0.0.1:0", &taken.local_addr().unwrap().to_string())).unwrap();
+    let out = quiet.arg("--config").arg(&path).env("LB_LOG", "error").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot bind"), "{stderr}");
+    assert!(!stderr.contains(" INFO "), "{stderr}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
+        .arg("--config")
+        .arg(&path)
+        .env("LB_LOG", "warning")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot bind"), "a bad LB_LOG must not silence fatal errors: {stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where `lb` says its admin listener is, from the latest "admin listening" line after `from`.
+async fn admin_addr(lb: &Lb, from: usize) -> std::net::SocketAddr {
+    let line = lb.wait_log(from, |l| l.contains("admin listening")).await;
+    let at = line.find("addr=Some(").map(|i| i + "addr=Some(".len()).expect("addr in line");
+    line[at..].split(')').next().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{line}"))
+}
+
+async fn healthz(addr: std::net::SocketAddr) -> Result<u16, String> {
+    let mut c = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    use tokio::io::AsyncWriteExt;
+    c.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
+    let reply = read_raw_until(&mut c, "ok").await;
+    reply.get(9..12).and_then(|s| s.parse().ok()).ok_or(reply)
+}
+
+#[tokio::test]
+async fn a_reload_that_moves_admin_moves_it() {
+    let b = TestBackend::start("a").await;
+    let lb = Lb::start(&config(&b, "[admin]\nbind = \"127.0.0.1:0\"\n"), &[]).await;
+    let old = admin_addr(&lb, 0).await;
+    assert_eq!(healthz(old).await, Ok(200));
+    let port = free_ports(1)[0];
+    let from = lb.mark();
+    let applied = lb.reload(&config(&b, &format!("[admin]\nbind = \"127.0.0.1:{port}\"\n"))).await.expect("reload");
+    assert!(applied.contains(&format!("admin moved 127.0.0.1:0 -> 127.0.0.1:{port}")), "{applied}");
+    let new = admin_addr(&lb, from).await;
+    assert_eq!(new.port(), port);
+    assert_eq!(healthz(new).await, Ok(200));
+    wait_refused(old).await;
+    // A move to an address that cannot be bound rejects the reload; the admin stays.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let _hold = std::net::TcpListener::bind(taken);
+    let rejected = lb.reload(&config(&b, &format!("[admin]\nbind = \"{taken}\"\n"))).await;
+    assert!(rejected.is_err(), "{rejected:?}");
+    assert_eq!(healthz(new).await, Ok(200));
+    // Removing [admin] closes it.
+    let applied = lb.reload(&config(&b, "")).await.expect("reload");
+    assert!(applied.contains("admin removed"), "{applied}");
+    wait_refused(new).await;
+}
