@@ -149,6 +149,19 @@ impl AccessLog {
         self.send(line);
     }
 
+    /// Logs an answer lb gave to a request head that never became a request (see
+    /// `server`): nothing of the head is trusted, so method and path are `-`.
+    pub fn refused(&self, listener: &str, client: SocketAddr, status: u16, bytes: u64, started: Instant) {
+        let mut line = String::with_capacity(160);
+        stamp(&mut line);
+        let _ = write!(
+            line,
+            " listener={listener} client={client} method=- path=\"-\" status={status} backend=- bytes={bytes} duration_ms={:.3} retries=0",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        self.send(line);
+    }
+
     /// Logs one TCP session.
     #[allow(clippy::too_many_arguments)]
     pub fn tcp(

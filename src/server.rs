@@ -402,11 +402,15 @@ where
             });
             let stream = CheckedStream::new(stream, activity.clone(), rt.max_headers);
             let conn = rt.builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let started = std::time::Instant::now();
             tokio::pin!(conn);
+            // The status hyper answered a head it could not parse with, if it did.
+            let mut hyper_answer = None;
             tokio::select! {
                 res = conn.as_mut() => {
                     if let Err(e) = res {
                         tracing::debug!(listener = %rt.name, client = %peer, error = %e, "connection ended with error");
+                        hyper_answer = e.downcast_ref::<hyper::Error>().and_then(hyper_parse_answer);
                     }
                 }
                 _ = signal.triggered() => {
@@ -440,6 +444,43 @@ where
                     }
                 },
             }
+            // A head refused before it became a request is answered all the same: count and
+            // log that answer like lb's others.
+            if let Some((status, bytes)) = activity.own_answer().or(hyper_answer.map(|s| (s, 0))) {
+                rt.own_answer_before_request(peer, status, bytes, started);
+            }
+        }
+    }
+}
+
+/// The status hyper answers a request head it cannot parse with (its `on_error`: `431`, `414`
+/// or `400`, with an empty body), or `None` when the error is not one it answers.
+fn hyper_parse_answer(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_status() || e.is_parse_version_h2() {
+        return None;
+    }
+    // Only the message tells the two "too large" kinds apart, and an internal error from one
+    // hyper answers.
+    let text = e.to_string();
+    if e.is_parse_too_large() {
+        Some(if text.contains("URI too long") { 414 } else { 431 })
+    } else if text.contains("internal error") {
+        None
+    } else {
+        Some(400)
+    }
+}
+
+impl ListenerRuntime {
+    /// Counts (`lb_requests_total{backend=""}`) and logs an answer given to a head that never
+    /// became a request (refused on the byte stream, or unparsable for hyper). The access-log
+    /// line has `method=-` and `path="-"`: nothing of the head is trusted.
+    fn own_answer_before_request(&self, peer: SocketAddr, status: u16, bytes: u64, started: std::time::Instant) {
+        let pool = self.route.load().load().name.clone();
+        let code = status.to_string();
+        self.http.metrics.local_requests.with_label_values(&[&*self.name, &*pool, &code]).inc();
+        if let Some(log) = &self.access_log {
+            log.refused(&self.name, peer, status, bytes, started);
         }
     }
 }

@@ -85,6 +85,60 @@ async fn http_requests_and_tcp_sessions_are_logged_with_exact_fields() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Heads refused before they become requests (on the byte stream by lb, or unparsable for
+/// hyper) are answered, and each answer is counted in `lb_requests_total{backend=""}` and
+/// logged with `method=-` and `path="-"`, like every other answer lb gives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_to_heads_that_never_became_requests_are_counted_and_logged() {
+    let dir = std::env::temp_dir().join(format!("lb-access-refused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("access.log");
+    let _ = std::fs::remove_file(&log);
+    let a = TestBackend::start("a").await;
+    let toml = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmax_headers = 5\naccess_log = \"{}\"\n\n\
+         [pools.app]\nstrategy = \"round_robin\"\nbackends = [{{ addr = \"{}\", name = \"a\" }}]\n",
+        log.display(),
+        a.addr
+    );
+    let lb = start_lb(&toml).await;
+    let web = lb.listener_addr("web").unwrap();
+    let many = format!("GET / HTTP/1.1\r\nHost: h\r\n{}\r\n", "X-A: 1\r\n".repeat(10));
+    let heads: [(&[u8], &str); 3] = [
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "400"),
+        (many.as_bytes(), "431"),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX-A: a\0b\r\n\r\n", "400"),
+    ];
+    for (head, status) in heads {
+        let mut s = tokio::net::TcpStream::connect(web).await.unwrap();
+        s.write_all(head).await.unwrap();
+        let mut reply = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut reply)).await;
+        assert!(reply.starts_with(format!("HTTP/1.1 {status}").as_bytes()), "{}", String::from_utf8_lossy(&reply));
+    }
+    assert_eq!(a.hits(), 0);
+    assert!(eventually(Duration::from_secs(5), || read_lines(&log).len() >= 3).await, "{:?}", read_lines(&log));
+    let lines = read_lines(&log);
+    // Logged as each connection ends, in any order: (status, body bytes) sorted.
+    let mut answers: Vec<_> = lines.iter().map(|l| (field(l, "status").unwrap(), field(l, "bytes").unwrap())).collect();
+    answers.sort();
+    assert_eq!(answers, [("400", "0"), ("400", "59"), ("431", "36")], "{lines:?}");
+    for l in &lines {
+        assert_eq!(
+            (field(l, "method"), field(l, "path"), field(l, "backend")),
+            (Some("-"), Some("-"), Some("-")),
+            "{l}"
+        );
+    }
+    let metrics = lb.metrics().render();
+    for (code, n) in [("400", 2), ("431", 1)] {
+        let series = format!("lb_requests_total{{backend=\"\",code=\"{code}\",listener=\"web\",pool=\"app\"}} {n}");
+        assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
+    }
+    drop(lb);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn check_rejects_an_access_log_in_a_missing_directory() {
     let toml = "[[listeners]]\nname = \"w\"\nbind = \"127.0.0.1:8080\"\npool = \"p\"\naccess_log = \"/nonexistent-dir/a.log\"\n[pools.p]\nstrategy = \"random\"\nbackends = [{ addr = \"127.0.0.1:1\" }]\n";

@@ -47,6 +47,15 @@ connection: close\r\n\
 \r\n\
 431 Request Header Fields Too Large\n";
 
+/// The status and body size of the answer to `why`, for the metrics and the access log;
+/// `None` where hyper answers.
+fn answer_status(why: Refusal) -> Option<(u16, u64)> {
+    let bytes = answer(why);
+    let status = bytes.get(9..12).and_then(|s| std::str::from_utf8(s).ok()).and_then(|s| s.parse().ok())?;
+    let body = bytes.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |at| bytes.len() - at - 4);
+    Some((status, body as u64))
+}
+
 fn answer(why: Refusal) -> &'static [u8] {
     match why {
         Refusal::Smuggling => SMUGGLING,
@@ -121,6 +130,14 @@ impl<S: AsyncWrite + Unpin> CheckedStream<S> {
 }
 
 impl<S> CheckedStream<S> {
+    /// A head was refused: nothing after it is read, and the answer is recorded.
+    fn refuse(&mut self, why: Refusal) {
+        self.refused = Some(answer(why));
+        if let Some((status, body)) = answer_status(why) {
+            self.activity.answered_itself(status, body);
+        }
+    }
+
     /// Tells [`Activity`] when writes to the client start blocking (`Pending`) or stop
     /// (bytes were taken). A flush that completes says nothing: on a plain socket it always
     /// does, blocked or not.
@@ -185,7 +202,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                         n
                     }
                     Scan::Refuse(n, why) => {
-                        this.refused = Some(answer(why));
+                        this.refuse(why);
                         n
                     }
                 };
@@ -219,7 +236,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                 Scan::Refuse(n, why) => {
                     this.held.truncate(n);
                     this.ready = n;
-                    this.refused = Some(answer(why));
+                    this.refuse(why);
                 }
             }
             this.note_head();
@@ -276,6 +293,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn own_answers_are_counted_with_their_status_and_body_size() {
+        assert_eq!(answer_status(Refusal::Smuggling), Some((400, 59)));
+        assert_eq!(answer_status(Refusal::TooLarge), Some((431, 36)));
+        assert_eq!(answer_status(Refusal::Malformed), None);
+    }
+
     use super::*;
     use crate::proxy::guard::{ConnTimeouts, Expired};
     use std::time::Duration;

@@ -322,6 +322,9 @@ struct ActivityState {
     /// Since when the client has not taken what lb is writing to it (see
     /// [`Activity::write_blocked`]).
     stalled_since: Option<Instant>,
+    /// The status and body size of an answer the connection's stream gave a refused head (see
+    /// [`Activity::answered_itself`]).
+    own_answer: Option<(u16, u64)>,
 }
 
 /// What [`Activity::expired`] found.
@@ -393,6 +396,17 @@ impl Activity {
                 _ = self.0.new_deadline.notified() => {}
             }
         }
+    }
+
+    /// Records that the connection's stream answered a head it refused itself (no request
+    /// exists for it), so that the answer is counted and logged like any other.
+    pub fn answered_itself(&self, status: u16, body_bytes: u64) {
+        self.state().own_answer = Some((status, body_bytes));
+    }
+
+    /// See [`Activity::answered_itself`].
+    pub fn own_answer(&self) -> Option<(u16, u64)> {
+        self.state().own_answer
     }
 
     /// Asks the task serving the connection to shut it down gracefully (idempotent).
