@@ -9,13 +9,16 @@
 //! TLS 1.2 cipher suites). Only TLS 1.3 and 1.2 are offered. In http mode ALPN offers `h2` and
 //! `http/1.1`. Configs are built at load time, so a reload serves renewed files, and a file
 //! that does not parse rejects the reload (and `--check`) with the file named.
+//!
+//! Resumption: stateless tickets (TLS 1.3, and TLS 1.2 clients that ask for them) under
+//! rotating keys, and a large session-ID cache for the TLS 1.2 clients that do not.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -37,6 +40,11 @@ pub enum TlsError {
     #[error("TLS setup failed: {0}")]
     Setup(rustls::Error),
 }
+
+/// TLS 1.2 sessions kept for resumption by session ID, per listener (rustls' default is 256,
+/// which a few hundred clients flush). ~20k entries of about 200 bytes: a few MB at most, and
+/// only TLS 1.2 clients without ticket support fill it.
+const SESSION_CACHE_ENTRIES: usize = 20_480;
 
 /// Chooses the certificate by SNI and by what the client can verify; see the module doc.
 struct SniResolver {
@@ -97,6 +105,11 @@ fn load_pair(
     Ok((leaf, Arc::new(certified)))
 }
 
+/// Reads and checks one pair, as `--check` and reloads do before anything is built.
+pub fn check_pair(pair: &TlsCertConfig) -> Result<(), TlsError> {
+    load_pair(pair, &provider()).map(|_| ())
+}
+
 /// Builds the server side of TLS for one listener. `http` adds ALPN for h2 and http/1.1.
 pub fn server_config(certs: &[TlsCertConfig], http: bool) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
@@ -106,6 +119,11 @@ pub fn server_config(certs: &[TlsCertConfig], http: bool) -> Result<Arc<ServerCo
         .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certs: pairs }));
+    cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    // Tickets keep resumption working however many clients come and go; ring's ticketer
+    // encrypts them under a key replaced every 6 hours (tickets live 12), so a stolen key
+    // exposes little.
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Setup)?;
     if http {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }

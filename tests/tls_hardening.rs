@@ -1,7 +1,8 @@
 //! TLS termination hardening over real sockets on 127.0.0.1, certificates made by rcgen: an ECDSA
 //! and an RSA certificate for the same name on one listener, each client served the one it can
 //! verify (RSA-only signature schemes in TLS 1.3, RSA-only cipher suites in TLS 1.2, with and
-//! without SNI).
+//! without SNI); session resumption (TLS 1.3 tickets, TLS 1.2 tickets, TLS 1.2 session IDs)
+//! still working after 300 other clients' handshakes.
 
 mod common;
 
@@ -10,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::{Resumption, Tls12Resumption};
 use rustls::crypto::{ring, CryptoProvider};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme, SupportedProtocolVersion};
@@ -208,4 +210,68 @@ async fn ecdsa_and_rsa_for_one_name_each_client_gets_the_one_it_can_use() {
         ring::default_provider(),
     ));
     assert_eq!(connect(addr, "dual.example", &ecdsa13).await.0, ecdsa, "ECDSA-only signature schemes");
+}
+
+/// The first client's full handshake, 300 other clients' full handshakes, then the first
+/// client again: it must resume.
+async fn resumes_after_300_other_clients(version: &'static SupportedProtocolVersion, tls12: Tls12Resumption) {
+    let dir = temp_dir(&format!("resume-{:?}-{tls12:?}", version.version));
+    write_cert(&dir, "a", "resume.example", false);
+    let lb = common::start_lb(&tls_config(&dir, &["a"], hello_backend().await)).await;
+    let addr = lb.listener_addr("tls").unwrap();
+    let mut first = client(version, all_schemes(), ring::default_provider());
+    first.resumption = Resumption::default().tls12_resumption(tls12);
+    let first = Arc::new(first);
+    assert_eq!(connect(addr, "resume.example", &first).await.1, HandshakeKind::Full);
+    assert_eq!(connect(addr, "resume.example", &first).await.1, HandshakeKind::Resumed, "resumes at once");
+
+    // Each other client has a config of its own, so none of them resumes; 4 at a time.
+    let others = (0..300).map(|_| {
+        let mut c = client(version, all_schemes(), ring::default_provider());
+        c.resumption = Resumption::default().tls12_resumption(tls12);
+        Arc::new(c)
+    });
+    let others: Vec<_> = others.collect();
+    for batch in others.chunks(4) {
+        let kinds = futures_join(batch.iter().map(|c| {
+            let c = c.clone();
+            async move { connect(addr, "resume.example", &c).await }
+        }))
+        .await;
+        assert!(kinds.iter().all(|k| k.1 == HandshakeKind::Full));
+    }
+    assert_eq!(
+        connect(addr, "resume.example", &first).await.1,
+        HandshakeKind::Resumed,
+        "resumes after 300 other clients"
+    );
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join<F>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futs.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls13_resumption_survives_300_other_clients() {
+    resumes_after_300_other_clients(&rustls::version::TLS13, Tls12Resumption::SessionIdOrTickets).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_ticket_resumption_survives_300_other_clients() {
+    resumes_after_300_other_clients(&rustls::version::TLS12, Tls12Resumption::SessionIdOrTickets).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls12_session_id_resumption_survives_300_other_clients() {
+    resumes_after_300_other_clients(&rustls::version::TLS12, Tls12Resumption::SessionIdOnly).await;
 }
