@@ -39,8 +39,24 @@ enum LogFormat {
     Json,
 }
 
+/// `LB_LOG` (default `info`), with rustls held to errors unless `LB_LOG` names it: rustls logs
+/// through the `log` crate (bridged into tracing by tracing-subscriber's `tracing-log`), and a
+/// client can make it WARN on every handshake (an IP address as SNI, warning alerts,
+/// renegotiation attempts). lb's own handshake-failure lines (debug) say what went wrong.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
+    let spec = spec.unwrap_or("info");
+    let filter = tracing_subscriber::EnvFilter::try_new(spec).unwrap_or_else(|_| "info".into());
+    if spec.split(',').any(|d| d.trim_start().starts_with("rustls")) {
+        return filter;
+    }
+    match "rustls=error".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    }
+}
+
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LB_LOG").unwrap_or_else(|_| "info".into());
+    let filter = log_filter(std::env::var("LB_LOG").ok().as_deref());
     // Colours only on a terminal: logs piped to a file or a journal stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -144,4 +160,19 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
     }
     tracing::info!("bye");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn rustls_is_held_to_errors_unless_lb_log_names_it() {
+        for spec in [None, Some("info"), Some("debug,lb=trace"), Some("tokio_rustls=debug")] {
+            let shown = log_filter(spec).to_string();
+            assert!(shown.split(',').any(|d| d == "rustls=error"), "{spec:?}: {shown}");
+        }
+        let shown = log_filter(Some("info,rustls=warn")).to_string();
+        assert!(shown.split(',').any(|d| d == "rustls=warn") && !shown.contains("rustls=error"), "{shown}");
+    }
 }

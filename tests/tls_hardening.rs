@@ -2,9 +2,11 @@
 //! and an RSA certificate for the same name on one listener, each client served the one it can
 //! verify (RSA-only signature schemes in TLS 1.3, RSA-only cipher suites in TLS 1.2, with and
 //! without SNI); session resumption (TLS 1.3 tickets, TLS 1.2 tickets, TLS 1.2 session IDs)
-//! still working after 300 other clients' handshakes.
+//! still working after 300 other clients' handshakes; and the spawned `lb` binary logging no
+//! WARN line for a ClientHello with an IP-literal SNI and a warning alert.
 
 mod common;
+mod lbproc;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -274,4 +276,51 @@ async fn tls12_ticket_resumption_survives_300_other_clients() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls12_session_id_resumption_survives_300_other_clients() {
     resumes_after_300_other_clients(&rustls::version::TLS12, Tls12Resumption::SessionIdOnly).await;
+}
+
+/// A TLS 1.2 ClientHello as rustls writes it for `sni`, with the name's bytes replaced by
+/// `patch` (of the same length): rustls clients cannot send an IP address as SNI, some clients do.
+fn client_hello_with_sni(sni: &str, patch: &str) -> Vec<u8> {
+    assert_eq!(sni.len(), patch.len());
+    let cfg = Arc::new(client(&rustls::version::TLS12, all_schemes(), ring::default_provider()));
+    let mut conn = rustls::ClientConnection::new(cfg, ServerName::try_from(sni.to_string()).unwrap()).unwrap();
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).unwrap();
+    let at = hello.windows(sni.len()).position(|w| w == sni.as_bytes()).unwrap();
+    hello[at..at + sni.len()].copy_from_slice(patch.as_bytes());
+    hello
+}
+
+/// rustls logs client-triggered oddities (an IP address as SNI, a warning alert) at WARN through
+/// the `log` crate; lb must not pass them on at WARN, once per handshake, to its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_triggered_rustls_warnings_are_not_logged_at_warn() {
+    let dir = temp_dir("warn");
+    write_cert(&dir, "a", "warn.example", false);
+    let backend = hello_backend().await;
+    let lb = lbproc::Lb::start(&tls_config(&dir, &["a"], backend), &["--workers", "1"]).await;
+    let addr = lb.listener_addr(0, "tls").await;
+    let from = lb.mark();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut bytes = client_hello_with_sni("abcdefghi", "127.0.0.1");
+        // A warning alert (unrecognized_name) in the same write: TLS 1.2 allows them, rustls
+        // logs each.
+        bytes.extend_from_slice(&[0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x70]);
+        s.write_all(&bytes).await.unwrap();
+        // The server answers the ClientHello (so it was parsed), then gives up when we stop.
+        let mut first = [0u8; 1];
+        tokio::time::timeout(lbproc::PATIENCE, s.read_exact(&mut first)).await.unwrap().unwrap();
+        assert_eq!(first[0], 0x16, "a handshake record answers the ClientHello");
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        let _ = tokio::time::timeout(lbproc::PATIENCE, s.read_to_end(&mut rest)).await.unwrap();
+    }
+    // A handshake that succeeds still works, and a reload's log line after everything above
+    // guarantees that whatever was logged for those connections has been read from the pipe.
+    let cfg = Arc::new(client(&rustls::version::TLS13, all_schemes(), ring::default_provider()));
+    connect(addr, "warn.example", &cfg).await;
+    lb.hup().await.unwrap();
+    let warns: Vec<String> = lb.logs()[from..].iter().filter(|l| l.contains("WARN")).cloned().collect();
+    assert!(warns.is_empty(), "WARN lines for client-triggered TLS oddities:\n{}", warns.join("\n"));
 }
