@@ -41,35 +41,49 @@ enum LogFormat {
 }
 
 /// The log filter from `LB_LOG` (a level such as `debug`, or directives such as
-/// `lb=debug,info`), or `info`. A value that does not parse must not silence lb, fatal errors
-/// included: it is reported on stderr and the default is used. tracing would read a bare word
-/// as a target to log at every level and everything else not at all, so `warning` or `verbose`
-/// would turn lb silent; here a bare word must be a level (`target=trace` names a target).
-fn log_filter() -> tracing_subscriber::EnvFilter {
+/// `lb=debug,info`), or `info`.
+///
+/// A value that does not parse must not silence lb, fatal errors included: it is reported on
+/// stderr and the default is used. tracing would read a bare word as a target to log at every
+/// level and everything else not at all, so `warning` or `verbose` would turn lb silent; here a
+/// bare word must be a level (`target=trace` names a target).
+///
+/// rustls is held to errors unless `LB_LOG` names it: it logs through the `log` crate (bridged
+/// into tracing by tracing-subscriber's `tracing-log`), and a client can make it WARN on every
+/// handshake (an IP address as SNI, warning alerts, renegotiation attempts). lb's own
+/// handshake-failure lines (debug) say what went wrong.
+fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let Ok(v) = std::env::var("LB_LOG") else { return "info".into() };
-    if v.trim().is_empty() {
-        return "info".into();
-    }
-    let bare_non_level = v
+    let spec = spec.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    let bare_non_level = spec
         .split(',')
         .map(str::trim)
         .find(|d| !d.is_empty() && !d.contains(['=', '[']) && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)));
     let parsed = match bare_non_level {
         Some(word) => Err(format!("{word:?} is not a level")),
-        None => tracing_subscriber::EnvFilter::builder().parse(&v).map_err(|e| e.to_string()),
+        None => tracing_subscriber::EnvFilter::builder().parse(spec).map_err(|e| e.to_string()),
     };
-    parsed.unwrap_or_else(|why| {
-        eprintln!(
-            "lb: LB_LOG={v:?} is not a log filter ({why}); using \"info\". Levels: {}; or TARGET=LEVEL, comma-separated",
-            LEVELS.join(", ")
-        );
-        "info".into()
-    })
+    let (filter, named_rustls) = match parsed {
+        Ok(f) => (f, spec.split(',').any(|d| d.trim_start().starts_with("rustls"))),
+        Err(why) => {
+            eprintln!(
+                "lb: LB_LOG={spec:?} is not a log filter ({why}); using \"info\". Levels: {}; or TARGET=LEVEL, comma-separated",
+                LEVELS.join(", ")
+            );
+            ("info".into(), false)
+        }
+    };
+    if named_rustls {
+        return filter;
+    }
+    match "rustls=error".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    }
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = log_filter();
+    let filter = log_filter(std::env::var("LB_LOG").ok().as_deref());
     // Colours only on a terminal: logs piped to a file or a journal stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -186,4 +200,29 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
     }
     tracing::info!("bye");
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn rustls_is_held_to_errors_unless_lb_log_names_it() {
+        for spec in [None, Some("info"), Some("debug,lb=trace"), Some("tokio_rustls=debug")] {
+            let shown = log_filter(spec).to_string();
+            assert!(shown.split(',').any(|d| d == "rustls=error"), "{spec:?}: {shown}");
+        }
+        let shown = log_filter(Some("info,rustls=warn")).to_string();
+        assert!(shown.split(',').any(|d| d == "rustls=warn") && !shown.contains("rustls=error"), "{shown}");
+    }
+
+    #[test]
+    fn an_lb_log_that_does_not_parse_is_info() {
+        for bad in ["warning", "verbose", "lb=loud", "info,chatty"] {
+            let shown = log_filter(Some(bad)).to_string();
+            assert!(shown.split(',').any(|d| d == "info"), "{bad}: {shown}");
+        }
+        let shown = log_filter(Some("lb=debug,warn")).to_string();
+        assert!(shown.split(',').any(|d| d == "lb=debug") && shown.split(',').any(|d| d == "warn"), "{shown}");
+    }
 }

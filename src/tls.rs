@@ -1,18 +1,24 @@
 //! TLS termination with rustls: certificate files → a `ServerConfig` with an SNI resolver.
 //!
-//! A listener may carry several certificate/key pairs. The client's SNI picks the first pair
+//! A listener may carry several certificate/key pairs. The client's SNI narrows them to the pairs
 //! whose certificate is valid for that name (checked with webpki against the certificate's
-//! subject alternative names, wildcards included); without SNI or without a match, the first
-//! pair is the default. Only TLS 1.3 and 1.2 are offered. In http mode ALPN offers `h2` and
+//! subject alternative names, wildcards included); without SNI or without a match, all pairs
+//! are in the running. Of those, the first pair whose key can sign with a scheme the client
+//! offers wins, so one name can have an ECDSA and an RSA certificate and clients that only
+//! verify RSA get the RSA one (rustls has already narrowed the offered schemes to the client's
+//! TLS 1.2 cipher suites). Only TLS 1.3 and 1.2 are offered. In http mode ALPN offers `h2` and
 //! `http/1.1`. Configs are built at load time, so a reload serves renewed files, and a file
 //! that does not parse rejects the reload (and `--check`) with the file named.
+//!
+//! Resumption: stateless tickets (TLS 1.3, and TLS 1.2 clients that ask for them) under
+//! rotating keys, and a large session-ID cache for the TLS 1.2 clients that do not.
 
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::{ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
@@ -35,7 +41,12 @@ pub enum TlsError {
     Setup(rustls::Error),
 }
 
-/// Chooses the certificate by SNI; the first one is the default.
+/// TLS 1.2 sessions kept for resumption by session ID, per listener (rustls' default is 256,
+/// which a few hundred clients flush). ~20k entries of about 200 bytes: a few MB at most, and
+/// only TLS 1.2 clients without ticket support fill it.
+const SESSION_CACHE_ENTRIES: usize = 20_480;
+
+/// Chooses the certificate by SNI and by what the client can verify; see the module doc.
 struct SniResolver {
     /// (leaf certificate, signing key), in configuration order.
     certs: Vec<(CertificateDer<'static>, Arc<CertifiedKey>)>,
@@ -48,18 +59,28 @@ impl fmt::Debug for SniResolver {
 }
 
 impl SniResolver {
-    fn matching(&self, sni: &str) -> Option<&Arc<CertifiedKey>> {
-        let name = ServerName::try_from(sni).ok()?;
-        self.certs.iter().find_map(|(leaf, key)| {
-            let cert = webpki::EndEntityCert::try_from(leaf).ok()?;
-            cert.verify_is_valid_for_subject_name(&name).ok().map(|_| key)
-        })
+    /// The pairs whose certificate is valid for `sni`, in configuration order.
+    fn matching(&self, sni: &str) -> Vec<&Arc<CertifiedKey>> {
+        let Ok(name) = ServerName::try_from(sni) else { return Vec::new() };
+        self.certs
+            .iter()
+            .filter(|(leaf, _)| {
+                webpki::EndEntityCert::try_from(leaf)
+                    .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+            })
+            .map(|(_, key)| key)
+            .collect()
     }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        hello.server_name().and_then(|sni| self.matching(sni)).or_else(|| self.certs.first().map(|(_, k)| k)).cloned()
+        let named = hello.server_name().map(|sni| self.matching(sni)).unwrap_or_default();
+        let candidates = if named.is_empty() { self.certs.iter().map(|(_, k)| k).collect() } else { named };
+        // The first one the client can verify; else the first, so that the handshake fails
+        // with "no signature schemes in common" as it would with that certificate alone.
+        let schemes = hello.signature_schemes();
+        candidates.iter().find(|k| k.key.choose_scheme(schemes).is_some()).or(candidates.first()).map(|k| Arc::clone(k))
     }
 }
 
@@ -84,6 +105,11 @@ fn load_pair(
     Ok((leaf, Arc::new(certified)))
 }
 
+/// Reads and checks one pair, as `--check` and reloads do before anything is built.
+pub fn check_pair(pair: &TlsCertConfig) -> Result<(), TlsError> {
+    load_pair(pair, &provider()).map(|_| ())
+}
+
 /// Builds the server side of TLS for one listener. `http` adds ALPN for h2 and http/1.1.
 pub fn server_config(certs: &[TlsCertConfig], http: bool) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
@@ -93,6 +119,11 @@ pub fn server_config(certs: &[TlsCertConfig], http: bool) -> Result<Arc<ServerCo
         .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(SniResolver { certs: pairs }));
+    cfg.session_storage = ServerSessionMemoryCache::new(SESSION_CACHE_ENTRIES);
+    // Tickets keep resumption working however many clients come and go; ring's ticketer
+    // encrypts them under a key replaced every 6 hours (tickets live 12), so a stolen key
+    // exposes little.
+    cfg.ticketer = rustls::crypto::ring::Ticketer::new().map_err(TlsError::Setup)?;
     if http {
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }

@@ -219,8 +219,7 @@ fn listener_config(
             key: readable_file(cx, &t.key, base, "key")?,
         };
         // Parse now, so a broken PEM or a key that does not match fails --check and reloads.
-        crate::tls::server_config(std::slice::from_ref(&pair), false)
-            .map_err(|e| cx.err(t.cert.span(), e.to_string()))?;
+        crate::tls::check_pair(&pair).map_err(|e| cx.err(t.cert.span(), e.to_string()))?;
         tls.push(pair);
     }
     let access_log = match &l.access_log {
