@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb::balance::{hash_bytes, BalanceFactor, HashKey, HashOptions, PickCtx, StrategyKind};
+use lb::balance::{hash_bytes, PickCtx};
+use lb::config::{BalanceFactor, HashKey, HashOptions, StrategyKind};
 use lb::pool::{Backend, InFlight, Pool, PoolSettings};
 
 const SIZES: [usize; 4] = [2, 16, 256, 4096];

@@ -13,8 +13,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
-use crate::balance::{self, Cursor, LatencyEstimate, PickCtx, Strategy, StrategyKind};
-use crate::config::{defaults, ProxyVersion};
+use crate::balance::{self, Cursor, LatencyEstimate, PickCtx, Strategy};
+use crate::config::{defaults, ProxyVersion, StrategyKind};
 use crate::health::HealthState;
 use crate::metrics::BackendMetrics;
 use crate::proxy::upstream::ConnPool;

@@ -54,14 +54,15 @@
 //! key's second choice is stable too.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::BinaryHeap;
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
 use super::{Cursor, PickCtx, Strategy};
+use crate::config::{BalanceFactor, HashKey, HashOptions};
 use crate::pool::{Backend, Pool};
 
 /// Table sizes: primes, each about twice the previous. A pool of `n` configured backends uses
@@ -73,57 +74,8 @@ const TABLE_SIZES: [u64; 8] = [65_537, 131_101, 262_151, 524_309, 1_048_601, 2_0
 /// this many (at `c = 1.25`: probability 0.8^64 ≈ 10⁻⁶) means the counts are in flux anyway.
 pub const MAX_PROBES: usize = 64;
 
-/// What `hash_key` names: the part of a request that is hashed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum HashKey {
-    /// The client's IP address (the TCP peer).
-    #[default]
-    ClientIp,
-    /// The request target: path and query, as sent.
-    Uri,
-    /// The first value of a request header (lowercase name).
-    Header(&'static str),
-    /// The value of a cookie.
-    Cookie(&'static str),
-    /// The value of a query parameter (raw, not percent-decoded).
-    Query(&'static str),
-}
-
+/// Request keys are hashed here, on the request path; the key itself is config vocabulary.
 impl HashKey {
-    /// Parses `client_ip`, `uri`, `header:NAME`, `cookie:NAME` or `query:NAME`.
-    pub fn parse(text: &str) -> Result<HashKey, String> {
-        const FORMS: &str = "\"client_ip\", \"uri\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"";
-        let text = text.trim();
-        match text {
-            "client_ip" => return Ok(HashKey::ClientIp),
-            "uri" => return Ok(HashKey::Uri),
-            _ => {}
-        }
-        let Some((form, name)) = text.split_once(':') else {
-            return Err(format!("unknown hash_key {text:?}; expected {FORMS}"));
-        };
-        let name = name.trim();
-        if name.is_empty() && matches!(form, "header" | "cookie" | "query") {
-            return Err(format!("hash_key {text:?} needs a name after \"{form}:\""));
-        }
-        match form {
-            "header" => match http::HeaderName::from_bytes(name.as_bytes()) {
-                Ok(header) => Ok(HashKey::Header(intern(header.as_str()))),
-                Err(_) => Err(format!("hash_key {text:?}: {name:?} is not a valid header name")),
-            },
-            // Cookie names are tokens; query names just must not contain the separators.
-            "cookie" if name.bytes().all(|b| b.is_ascii_graphic() && !b"=;,\"\\".contains(&b)) => {
-                Ok(HashKey::Cookie(intern(name)))
-            }
-            "cookie" => Err(format!("hash_key {text:?}: {name:?} is not a valid cookie name")),
-            "query" if name.bytes().all(|b| b.is_ascii_graphic() && !b"&=#".contains(&b)) => {
-                Ok(HashKey::Query(intern(name)))
-            }
-            "query" => Err(format!("hash_key {text:?}: {name:?} is not a valid query parameter name")),
-            _ => Err(format!("unknown hash_key {text:?}; expected {FORMS}")),
-        }
-    }
-
     /// Hashes the request's key; a request without it (no such header, cookie or parameter, or
     /// an empty value) is hashed by its client IP.
     pub fn hash_request(self, headers: &HeaderMap, uri: &Uri, client: IpAddr) -> u64 {
@@ -138,55 +90,6 @@ impl HashKey {
             Some(value) if !value.is_empty() => hash_bytes(value),
             _ => hash_ip(client),
         }
-    }
-}
-
-impl std::fmt::Display for HashKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HashKey::ClientIp => f.write_str("client_ip"),
-            HashKey::Uri => f.write_str("uri"),
-            HashKey::Header(name) => write!(f, "header:{name}"),
-            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
-            HashKey::Query(name) => write!(f, "query:{name}"),
-        }
-    }
-}
-
-/// `hash_balance_factor`, kept in thousandths so that the strategy kind stays `Eq` and `Hash`
-/// and the load check is integer arithmetic.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct BalanceFactor {
-    milli: u64,
-}
-
-impl BalanceFactor {
-    /// `None` unless `factor` is finite and above 1.0. Rounded to thousandths, at least 1.001,
-    /// at most 10⁶ (far beyond any bound that still bounds anything).
-    pub fn new(factor: f64) -> Option<BalanceFactor> {
-        (factor.is_finite() && factor > 1.0)
-            .then(|| BalanceFactor { milli: ((factor * 1000.0).round() as u64).clamp(1001, 1_000_000_000) })
-    }
-
-    pub fn as_f64(self) -> f64 {
-        self.milli as f64 / 1000.0
-    }
-}
-
-/// `consistent_hash`'s options.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct HashOptions {
-    pub key: HashKey,
-    pub balance_factor: Option<BalanceFactor>,
-}
-
-impl std::fmt::Display for HashOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "hash_key={}", self.key)?;
-        if let Some(factor) = self.balance_factor {
-            write!(f, ", hash_balance_factor={}", factor.as_f64())?;
-        }
-        Ok(())
     }
 }
 
@@ -223,7 +126,7 @@ impl ConsistentHash {
         // After this request: total + 1. Room means in_flight < c · (total + 1) · w / W, which
         // for whole numbers is the same as in_flight + 1 <= ceil(c · (total + 1) · w / W).
         let total = self.cursor.in_flight.load(Ordering::Relaxed) as u128 + 1;
-        let allowance = u128::from(factor.milli) * total;
+        let allowance = u128::from(factor.milli()) * total;
         let scale = 1000 * u128::from(self.total_weight);
         // (index, in_flight, weight) of the least loaded full backend seen.
         let mut lightest: Option<(usize, u128, u128)> = None;
@@ -409,26 +312,12 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a [u8]> {
     })
 }
 
-/// A `'static` copy of a configured name, made once per distinct name for the life of the
-/// process: it keeps [`HashKey`] (and so the strategy kind) `Copy`. Only config loading calls
-/// this, so the set is bounded by the names ever written in lb.toml.
-fn intern(name: &str) -> &'static str {
-    static NAMES: Mutex<BTreeSet<&'static str>> = Mutex::new(BTreeSet::new());
-    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(&known) = names.get(name) {
-        return known;
-    }
-    let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    names.insert(leaked);
-    leaked
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::balance::StrategyKind;
+    use crate::config::StrategyKind;
     use crate::pool::PoolSettings;
 
     fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
@@ -712,39 +601,6 @@ mod tests {
         let _guard = pool.acquire(0);
         assert_eq!(pool.cursor.in_flight.load(Ordering::Relaxed), 0);
         assert_eq!(pool.backends[0].in_flight(), 1);
-    }
-
-    #[test]
-    fn hash_keys_parse_and_print() {
-        for (text, key) in [
-            ("client_ip", HashKey::ClientIp),
-            ("uri", HashKey::Uri),
-            ("header:X-User", HashKey::Header("x-user")),
-            ("cookie:session", HashKey::Cookie("session")),
-            ("query:id", HashKey::Query("id")),
-        ] {
-            assert_eq!(HashKey::parse(text), Ok(key), "{text}");
-        }
-        assert_eq!(HashKey::Header("x-user").to_string(), "header:x-user");
-        for bad in ["ip", "header:", "cookie", "header:bad name", "cookie:a=b", "query:a&b", "path:x", ""] {
-            assert!(HashKey::parse(bad).is_err(), "{bad:?} accepted");
-        }
-        // Interned: the same name is one allocation.
-        let (HashKey::Header(a), HashKey::Header(b)) =
-            (HashKey::parse("header:x-a").unwrap(), HashKey::parse("header:X-A").unwrap())
-        else {
-            unreachable!()
-        };
-        assert!(std::ptr::eq(a, b));
-    }
-
-    #[test]
-    fn balance_factors_must_exceed_one() {
-        assert_eq!(BalanceFactor::new(1.25).map(BalanceFactor::as_f64), Some(1.25));
-        assert_eq!(BalanceFactor::new(1.0001).map(BalanceFactor::as_f64), Some(1.001));
-        for bad in [1.0, 0.5, -2.0, f64::NAN, f64::INFINITY] {
-            assert_eq!(BalanceFactor::new(bad), None, "{bad}");
-        }
     }
 
     fn request(uri: &str, headers: &[(&str, &str)]) -> (HeaderMap, Uri) {

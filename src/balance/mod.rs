@@ -19,46 +19,19 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
-use serde::{Deserialize, Deserializer};
 
+use crate::config::StrategyKind;
 use crate::pool::{Backend, Pool};
 
-pub use consistent_hash::{hash_bytes, hash_ip, BalanceFactor, ConsistentHash, HashKey, HashOptions};
+pub use consistent_hash::{hash_bytes, hash_ip, ConsistentHash, MAX_PROBES};
 pub use least_connections::LeastConnections;
 pub use least_time::{LatencyEstimate, LeastTime, TryTimer};
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weighted::Weighted;
 
-/// The strategies users name in lb.toml (`strategy = "..."`), with their options.
-///
-/// `Copy` on purpose: a pool's kind travels by value from the validated config into every
-/// snapshot, and two kinds are equal exactly when the strategy and its options are (a reload
-/// that changes `hash_key` is a strategy change).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum StrategyKind {
-    RoundRobin,
-    Random,
-    Weighted,
-    LeastConnections,
-    /// `consistent_hash` with `hash_key` and `hash_balance_factor`.
-    ConsistentHash(HashOptions),
-    LeastTime,
-}
-
+/// The strategies' request keys, computed on the request path.
 impl StrategyKind {
-    /// The name as written in lb.toml, without options.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StrategyKind::RoundRobin => "round_robin",
-            StrategyKind::Random => "random",
-            StrategyKind::Weighted => "weighted",
-            StrategyKind::LeastConnections => "least_connections",
-            StrategyKind::ConsistentHash(_) => "consistent_hash",
-            StrategyKind::LeastTime => "least_time",
-        }
-    }
-
     /// The hash of an HTTP request's key for `consistent_hash` (its `hash_key`, or the client IP
     /// when the request has no such key); `None`, without looking at the request, for every
     /// other strategy.
@@ -81,40 +54,6 @@ impl StrategyKind {
 
 /// The name alone for most strategies; `consistent_hash` shows its options too, so that the
 /// reload summary says what changed when only they did.
-impl std::fmt::Display for StrategyKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StrategyKind::ConsistentHash(options) => write!(f, "consistent_hash({options})"),
-            other => f.write_str(other.as_str()),
-        }
-    }
-}
-
-/// Reads the bare name (`strategy = "consistent_hash"`), with default options; validation
-/// fills in the pool's `hash_key` and `hash_balance_factor`. Unknown names get serde's own
-/// "unknown variant `x`, expected one of ..." message.
-impl<'de> Deserialize<'de> for StrategyKind {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(rename_all = "snake_case")]
-        enum Name {
-            RoundRobin,
-            Random,
-            Weighted,
-            LeastConnections,
-            ConsistentHash,
-            LeastTime,
-        }
-        Ok(match Name::deserialize(d)? {
-            Name::RoundRobin => StrategyKind::RoundRobin,
-            Name::Random => StrategyKind::Random,
-            Name::Weighted => StrategyKind::Weighted,
-            Name::LeastConnections => StrategyKind::LeastConnections,
-            Name::ConsistentHash => StrategyKind::ConsistentHash(HashOptions::default()),
-            Name::LeastTime => StrategyKind::LeastTime,
-        })
-    }
-}
 
 /// State shared by successive snapshots of the same pool (as long as its strategy stays).
 #[derive(Debug, Default)]

@@ -7,6 +7,7 @@
 //! location is known, so editors and terminals can jump to it.
 
 mod raw;
+mod strategy;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -16,8 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use raw::{HealthKind, Mode, ProxyVersion};
-
-use crate::balance::StrategyKind;
+pub use strategy::{BalanceFactor, HashKey, HashOptions, StrategyKind};
 
 /// Defaults for the optional keys; documented in the README's configuration reference.
 pub mod defaults {

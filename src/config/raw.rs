@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
-use crate::balance::StrategyKind;
+use super::strategy::StrategyKind;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

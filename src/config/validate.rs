@@ -20,12 +20,12 @@ use toml::Spanned;
 use rustls_pki_types::ServerName;
 
 use super::raw::{Dur, HealthKind, Mode, RawBackend, RawConfig, RawHealth, RawListener, RawPool};
+use super::strategy::{BalanceFactor, HashKey, HashOptions, StrategyKind};
 use super::{
     defaults, line_col, BackendConfig, Config, ConfigError, HealthConfig, ListenerConfig, Loaded, PoolConfig,
     TlsCertConfig,
 };
 use crate::access_log::Target;
-use crate::balance::{BalanceFactor, HashKey, HashOptions, StrategyKind};
 use crate::proxy::upstream_tls::{self, TlsClient};
 
 struct Ctx<'a> {
