@@ -3,9 +3,14 @@
 //!
 //! State lives in atomics on the backend ([`HealthState`]), shared by every snapshot and kept
 //! across reloads. Anything may record a result (a probe, or a request that failed to connect,
-//! was reset or timed out); only the caller whose result causes a transition learns about it
-//! and wakes the pool's [`Monitor`], which publishes a snapshot whose `up` set matches the
-//! atomics. Publishing uses `rcu`, so it never overwrites a concurrent reload.
+//! was reset or timed out); only the caller whose result changes why the backend is out learns
+//! about it and wakes the pool's [`Monitor`], which publishes a snapshot whose `up` set matches
+//! the atomics. Publishing uses `rcu`, so it never overwrites a concurrent reload.
+//!
+//! Probes and live traffic keep separate streaks and separate reasons ([`Down`]): a failed
+//! check is a verdict, while live-traffic marks are a guess that must not empty a pool. When
+//! nothing in a pool is up, the snapshot's `up` set holds the backends out by live traffic alone
+//! and they are tried anyway; the request path stays as it was (no lock, no allocation).
 //!
 //! Each backend of a pool with `[health]` gets its own probe task: one slow backend never
 //! delays the probes of others, and probes never touch the request path. In a pool without
@@ -14,7 +19,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,17 +48,76 @@ pub enum CheckResult {
     Failure,
 }
 
+/// Why a backend is out of rotation: by its active check, by live-traffic failures, or both.
+/// Empty when it is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Down(u8);
+
+impl Down {
+    /// Nothing holds it out.
+    pub const NONE: Down = Down(0);
+    /// Its active check failed `fall` times in a row: a verdict that keeps it out.
+    pub const CHECK: Down = Down(1);
+    /// Live traffic failed on it (connect failure, reset, timeout) `fall` times in a row.
+    pub const TRAFFIC: Down = Down(2);
+
+    pub fn is_up(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn by_check(self) -> bool {
+        self.0 & Self::CHECK.0 != 0
+    }
+
+    pub fn by_traffic(self) -> bool {
+        self.0 & Self::TRAFFIC.0 != 0
+    }
+
+    /// Out by live-traffic failures alone: tried anyway when nothing in its pool is up.
+    pub fn by_traffic_only(self) -> bool {
+        self == Self::TRAFFIC
+    }
+}
+
+/// A change of why a backend is out, returned by the `record_*` methods. The pool's publisher
+/// must hear of every one: even a change that keeps a backend down can move it into or out of
+/// the set tried when nothing is up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    pub before: Down,
+    pub after: Down,
+}
+
+impl Change {
+    pub fn went_down(self) -> bool {
+        self.before.is_up() && !self.after.is_up()
+    }
+
+    pub fn came_up(self) -> bool {
+        !self.before.is_up() && self.after.is_up()
+    }
+}
+
 /// Up/down state of one backend, with the consecutive-result counters behind rise/fall.
+///
+/// Active probes and live traffic keep streaks of their own, as HAProxy counts `observe` errors
+/// apart from its checks: an answer on live traffic (a 500 included) never resets the failure
+/// streak of the probes, so a backend whose check fails leaves rotation under any load; and a
+/// probe never resets the live-traffic streak, which counts only what requests met.
 #[derive(Debug)]
 pub struct HealthState {
-    up: AtomicBool,
-    ok_streak: AtomicU32,
-    fail_streak: AtomicU32,
-    /// Unix time (ms) of the last transition, or of creation: for people (the status page).
+    /// [`Down`] bits. One word, so that each change has one before and one after.
+    down: AtomicU8,
+    /// Probe successes / failures in a row: moved by active probes only.
+    probe_ok: AtomicU32,
+    probe_fail: AtomicU32,
+    /// Live-traffic failures in a row: a failure adds one, any answer clears it.
+    live_fail: AtomicU32,
+    /// Unix time (ms) of the last up/down transition, or of creation: for people (the status page).
     since_ms: AtomicU64,
-    /// The same moment on a monotonic clock ([`mono_ms`]): for timing the passive cooldown,
-    /// which a wall-clock step (NTP) must not stretch or cut short.
-    since_mono_ms: AtomicU64,
+    /// When live traffic last took it out, on a monotonic clock ([`mono_ms`]): for timing the
+    /// passive cooldown, which a wall-clock step (NTP) must not stretch or cut short.
+    ejected_mono_ms: AtomicU64,
     transitions: AtomicU64,
     last_check: AtomicU8,
     last_reason: Mutex<String>,
@@ -74,11 +138,12 @@ impl Default for HealthState {
     /// New backends start up: traffic flows at once and the first probe confirms or corrects.
     fn default() -> Self {
         HealthState {
-            up: AtomicBool::new(true),
-            ok_streak: AtomicU32::new(0),
-            fail_streak: AtomicU32::new(0),
+            down: AtomicU8::new(Down::NONE.0),
+            probe_ok: AtomicU32::new(0),
+            probe_fail: AtomicU32::new(0),
+            live_fail: AtomicU32::new(0),
             since_ms: AtomicU64::new(now_ms()),
-            since_mono_ms: AtomicU64::new(mono_ms()),
+            ejected_mono_ms: AtomicU64::new(mono_ms()),
             transitions: AtomicU64::new(0),
             last_check: AtomicU8::new(0),
             last_reason: Mutex::new(String::new()),
@@ -87,50 +152,100 @@ impl Default for HealthState {
 }
 
 impl HealthState {
+    /// Why it is out of rotation, if it is.
+    pub fn down(&self) -> Down {
+        Down(self.down.load(Ordering::Acquire))
+    }
+
     pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Acquire)
+        self.down().is_up()
     }
 
-    /// Records a success; returns true when this success brought the backend up (`rise` in a
-    /// row while down).
-    pub fn record_success(&self, rise: u32) -> bool {
-        self.fail_streak.store(0, Ordering::Relaxed);
-        let streak = self.ok_streak.fetch_add(1, Ordering::AcqRel).saturating_add(1);
-        streak >= rise && self.transition(false, true)
-    }
-
-    /// Records a failure; returns true when this failure took the backend down (`fall` in a
-    /// row while up).
-    pub fn record_failure(&self, fall: u32) -> bool {
-        self.ok_streak.store(0, Ordering::Relaxed);
-        let streak = self.fail_streak.fetch_add(1, Ordering::AcqRel).saturating_add(1);
-        streak >= fall && self.transition(true, false)
-    }
-
-    /// A request was answered: the failures so far were not consecutive. Writes only when
-    /// needed, so the hot path does not bounce the cache line between cores.
-    pub fn record_answer(&self) {
-        if self.fail_streak.load(Ordering::Relaxed) != 0 {
-            self.fail_streak.store(0, Ordering::Relaxed);
+    /// Records a successful probe. `rise` in a row bring the backend up, whatever took it out:
+    /// a live-traffic ejection restarted the count (see [`Self::record_live_failure`]), so they
+    /// are probes that succeeded since.
+    pub fn record_probe_success(&self, rise: u32) -> Option<Change> {
+        self.probe_fail.store(0, Ordering::Relaxed);
+        let streak = self.probe_ok.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        if streak >= rise {
+            self.clear(Down(Down::CHECK.0 | Down::TRAFFIC.0))
+        } else {
+            None
         }
     }
 
-    /// Puts a backend back into rotation unconditionally (passive cooldown expired).
-    fn readmit(&self) -> bool {
-        self.fail_streak.store(0, Ordering::Relaxed);
-        self.transition(false, true)
+    /// Records a failed probe; `fall` in a row take the backend out until `rise` successes.
+    pub fn record_probe_failure(&self, fall: u32) -> Option<Change> {
+        self.probe_ok.store(0, Ordering::Relaxed);
+        let streak = self.probe_fail.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        if streak >= fall {
+            self.set(Down::CHECK)
+        } else {
+            None
+        }
     }
 
-    fn transition(&self, from: bool, to: bool) -> bool {
-        let won = self.up.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok();
-        if won {
-            self.ok_streak.store(0, Ordering::Relaxed);
-            self.fail_streak.store(0, Ordering::Relaxed);
+    /// Records a live-traffic failure (connect failure, reset, timeout); `fall` in a row take the
+    /// backend out, until the cooldown (no active check) or `rise` probe successes from now.
+    pub fn record_live_failure(&self, fall: u32) -> Option<Change> {
+        let streak = self.live_fail.fetch_add(1, Ordering::AcqRel).saturating_add(1);
+        if streak < fall || self.down().by_traffic() {
+            return None;
+        }
+        // Both before the bit, which publishes them: the publisher times the cooldown from the
+        // first, and only probes that succeed from now on may end the ejection.
+        self.ejected_mono_ms.store(mono_ms(), Ordering::Relaxed);
+        self.probe_ok.store(0, Ordering::Relaxed);
+        self.set(Down::TRAFFIC)
+    }
+
+    /// A request was answered (any status): the live-traffic failures so far were not
+    /// consecutive. The probes' streaks are not touched: an answer on `/` says nothing of what
+    /// the check asks. Writes only when needed, so the hot path does not bounce the cache line
+    /// between cores.
+    pub fn record_answer(&self) {
+        if self.live_fail.load(Ordering::Relaxed) != 0 {
+            self.live_fail.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Ends a live-traffic ejection (the passive cooldown expired).
+    fn readmit(&self) -> Option<Change> {
+        self.clear(Down::TRAFFIC)
+    }
+
+    /// The pool no longer has an active check: nothing it said holds any more.
+    fn forget_check(&self) -> Option<Change> {
+        self.probe_ok.store(0, Ordering::Relaxed);
+        self.probe_fail.store(0, Ordering::Relaxed);
+        self.last_check.store(0, Ordering::Relaxed);
+        self.clear(Down::CHECK)
+    }
+
+    fn set(&self, bits: Down) -> Option<Change> {
+        let before = Down(self.down.fetch_or(bits.0, Ordering::AcqRel));
+        self.changed(Change { before, after: Down(before.0 | bits.0) })
+    }
+
+    fn clear(&self, bits: Down) -> Option<Change> {
+        let before = Down(self.down.fetch_and(!bits.0, Ordering::AcqRel));
+        let after = Down(before.0 & !bits.0);
+        if before.by_traffic() && !after.by_traffic() {
+            // Readmitted: it takes `fall` new failures to take it out again.
+            self.live_fail.store(0, Ordering::Relaxed);
+        }
+        self.changed(Change { before, after })
+    }
+
+    fn changed(&self, change: Change) -> Option<Change> {
+        if change.before == change.after {
+            return None;
+        }
+        if change.went_down() || change.came_up() {
             self.since_ms.store(now_ms(), Ordering::Relaxed);
-            self.since_mono_ms.store(mono_ms(), Ordering::Relaxed);
             self.transitions.fetch_add(1, Ordering::Relaxed);
         }
-        won
+        Some(change)
     }
 
     /// Unix time in milliseconds of the last transition (or creation).
@@ -138,10 +253,9 @@ impl HealthState {
         self.since_ms.load(Ordering::Relaxed)
     }
 
-    /// When the passive cooldown of a backend taken out at the last transition ends, in
-    /// [`mono_ms`] terms.
+    /// When the passive cooldown of the last live-traffic ejection ends, in [`mono_ms`] terms.
     fn cooldown_ends_mono_ms(&self) -> u64 {
-        self.since_mono_ms.load(Ordering::Relaxed).saturating_add(PASSIVE_COOLDOWN.as_millis() as u64)
+        self.ejected_mono_ms.load(Ordering::Relaxed).saturating_add(PASSIVE_COOLDOWN.as_millis() as u64)
     }
 
     /// Number of up/down transitions so far.
@@ -167,29 +281,51 @@ impl HealthState {
     }
 }
 
-/// Records a live-traffic failure of `backend` in `pool`; wakes the publisher on a transition.
+/// Records a live-traffic failure of `backend` in `pool`; wakes the publisher on a change.
 pub fn passive_failure(pool: &Pool, backend: &Backend, why: &str) {
-    if backend.health().record_failure(pool.settings.fall) {
-        tracing::warn!(pool = %pool.name, backend = %backend.name, reason = why, "backend DOWN (live traffic)");
+    if let Some(change) = backend.health().record_live_failure(pool.settings.fall) {
+        if change.went_down() {
+            tracing::warn!(pool = %pool.name, backend = %backend.name, reason = why, "backend DOWN (live traffic)");
+        }
         pool.settings.events.notify_one();
     }
 }
 
-/// A snapshot whose `up` set is read from the backends' health atomics.
+/// The `up` set of a snapshot, and whether it is the fallback: the backends nothing holds out;
+/// when there is none, those out by live-traffic failures alone. Passive marks never leave a
+/// pool with nothing to try (nginx never marks its last server down; Envoy has its panic
+/// threshold), while a failed active check is a verdict that keeps a backend out.
+fn rotation(backends: &[Arc<Backend>]) -> (Vec<usize>, bool) {
+    // One read per backend, so both passes see the same states.
+    let states: Vec<Down> = backends.iter().map(|b| b.health().down()).collect();
+    let up: Vec<usize> = (0..states.len()).filter(|&i| states[i].is_up()).collect();
+    if !up.is_empty() {
+        return (up, false);
+    }
+    ((0..states.len()).filter(|&i| states[i].by_traffic_only()).collect(), true)
+}
+
+/// The `up` set of a snapshot, read from the backends' health atomics (see [`rotation`]).
 pub fn up_from_health(backends: &[Arc<Backend>]) -> Vec<usize> {
-    (0..backends.len()).filter(|&i| backends[i].health().is_up()).collect()
+    rotation(backends).0
 }
 
 /// Publishes a new snapshot if the health atomics disagree with the current one's `up` set.
 fn republish(handle: &ArcSwap<Pool>) {
-    handle.rcu(|cur| {
-        let up = up_from_health(&cur.backends);
+    let mut fallback = false;
+    let before = handle.rcu(|cur| {
+        let (up, tried_anyway) = rotation(&cur.backends);
+        fallback = tried_anyway && !up.is_empty();
         if up == cur.up {
             cur.clone()
         } else {
             Arc::new(cur.with_up(up))
         }
     });
+    let after = handle.load();
+    if fallback && before.up != after.up {
+        tracing::warn!(pool = %after.name, backends = after.up.len(), "every backend is out by live-traffic failures; trying them anyway");
+    }
 }
 
 /// Watches one pool: its probe tasks and the publisher. Dropping it stops them all.
@@ -218,6 +354,12 @@ impl Monitor {
                 p.abort();
             }
             let passive_only = cfg.is_none();
+            if passive_only {
+                // No check left to bring them back: what the old one said goes with it.
+                for b in &self.handle.load().backends {
+                    b.health().forget_check();
+                }
+            }
             self.cfg = cfg;
             self.publisher.abort();
             let events = self.handle.load().settings.events.clone();
@@ -261,7 +403,8 @@ async fn publish_loop(handle: PoolHandle, events: Arc<Notify>, passive_only: boo
     loop {
         let next_readmit = if passive_only {
             let pool = handle.load();
-            pool.backends.iter().filter(|b| !b.health().is_up()).map(|b| b.health().cooldown_ends_mono_ms()).min()
+            let ejected = pool.backends.iter().filter(|b| b.health().down().by_traffic());
+            ejected.map(|b| b.health().cooldown_ends_mono_ms()).min()
         } else {
             None
         };
@@ -273,8 +416,8 @@ async fn publish_loop(handle: PoolHandle, events: Arc<Notify>, passive_only: boo
                     _ = tokio::time::sleep(wait) => {
                         let pool = handle.load_full();
                         let now = mono_ms();
-                        for b in pool.backends.iter().filter(|b| !b.health().is_up()) {
-                            if b.health().cooldown_ends_mono_ms() <= now && b.health().readmit() {
+                        for b in pool.backends.iter().filter(|b| b.health().down().by_traffic()) {
+                            if b.health().cooldown_ends_mono_ms() <= now && b.health().readmit().is_some() {
                                 tracing::info!(pool = %pool.name, backend = %b.name, "backend readmitted after passive cooldown");
                             }
                         }
@@ -306,26 +449,29 @@ async fn probe_loop(handle: PoolHandle, addr: SocketAddr, cfg: HealthConfig) {
         // Idle connections the backend closed since the last tick are let go (see ConnPool::sweep).
         backend.conns().sweep();
         let h = backend.health();
-        let transitioned = match &outcome {
+        let change = match &outcome {
             Ok(()) => {
                 backend.metrics().checks_ok.inc();
                 h.set_last_check(true, "");
-                h.record_success(cfg.rise)
+                h.record_probe_success(cfg.rise)
             }
             Err(reason) => {
                 backend.metrics().checks_failed.inc();
                 h.set_last_check(false, reason);
-                h.record_failure(cfg.fall)
+                h.record_probe_failure(cfg.fall)
             }
         };
-        if transitioned {
+        if let Some(change) = change {
             match &outcome {
-                Ok(()) => {
+                Ok(()) if change.came_up() => {
                     tracing::info!(pool = %pool.name, backend = %backend.name, rise = cfg.rise, "backend UP (health check)")
                 }
+                // Also when live traffic had it out already: now it stays out even if nothing
+                // else is up.
                 Err(reason) => {
                     tracing::warn!(pool = %pool.name, backend = %backend.name, %reason, fall = cfg.fall, "backend DOWN (health check)")
                 }
+                Ok(()) => {}
             }
             pool.settings.events.notify_one();
         }
@@ -384,40 +530,109 @@ mod tests {
     fn fall_consecutive_failures_take_it_down_once() {
         let h = HealthState::default();
         assert!(h.is_up());
-        assert!(!h.record_failure(3));
-        assert!(!h.record_failure(3));
-        assert!(h.record_failure(3));
+        assert_eq!(h.record_probe_failure(3), None);
+        assert_eq!(h.record_probe_failure(3), None);
+        let change = h.record_probe_failure(3).unwrap();
+        assert!(change.went_down() && change.after == Down::CHECK);
         assert!(!h.is_up());
-        assert!(!h.record_failure(3), "a second transition to down");
+        assert_eq!(h.record_probe_failure(3), None, "a second transition to down");
         assert_eq!(h.transitions(), 1);
     }
 
     #[test]
-    fn a_success_or_answer_breaks_the_failure_streak() {
+    fn a_success_breaks_the_probe_failure_streak() {
         let h = HealthState::default();
-        h.record_failure(3);
-        h.record_failure(3);
-        h.record_answer();
-        assert!(!h.record_failure(3));
-        assert!(!h.record_failure(3));
-        assert!(!h.record_success(2) && h.is_up());
-        assert!(!h.record_failure(3));
+        h.record_probe_failure(3);
+        h.record_probe_failure(3);
+        assert_eq!(h.record_probe_success(2), None);
+        assert_eq!(h.record_probe_failure(3), None);
+        assert_eq!(h.record_probe_failure(3), None);
         assert!(h.is_up());
+        assert!(h.record_probe_failure(3).is_some_and(Change::went_down));
+    }
+
+    /// The defect of issue #15: every answer (a 500 included) reset the streak the probes
+    /// built, so a backend failing its check stayed in rotation as long as traffic flowed.
+    #[test]
+    fn live_answers_never_reset_the_probe_streak() {
+        let h = HealthState::default();
+        h.record_probe_failure(2);
+        for _ in 0..1000 {
+            h.record_answer();
+        }
+        assert!(h.record_probe_failure(2).is_some_and(Change::went_down));
+        assert_eq!(h.down(), Down::CHECK);
+    }
+
+    #[test]
+    fn an_answer_breaks_the_live_failure_streak_and_probes_leave_it_alone() {
+        let h = HealthState::default();
+        h.record_live_failure(3);
+        h.record_live_failure(3);
+        h.record_answer();
+        assert_eq!(h.record_live_failure(3), None);
+        assert_eq!(h.record_live_failure(3), None);
+        // A probe (of /health) in between says nothing of what requests met.
+        h.record_probe_success(2);
+        h.record_probe_success(2);
+        let change = h.record_live_failure(3).unwrap();
+        assert_eq!(change, Change { before: Down::NONE, after: Down::TRAFFIC });
+        // Live failures never count towards the probes' fall.
+        let h = HealthState::default();
+        for _ in 0..2 {
+            h.record_live_failure(3);
+        }
+        assert_eq!(h.record_probe_failure(2), None, "one probe failure of two");
+    }
+
+    #[test]
+    fn rise_probe_successes_since_a_live_traffic_ejection_end_it() {
+        let h = HealthState::default();
+        h.record_probe_success(2);
+        h.record_probe_success(2);
+        for _ in 0..3 {
+            h.record_live_failure(3);
+        }
+        assert_eq!(h.down(), Down::TRAFFIC);
+        // The successes from before the ejection do not count.
+        assert_eq!(h.record_probe_success(2), None);
+        assert!(h.record_probe_success(2).is_some_and(Change::came_up));
+        assert_eq!(h.transitions(), 2);
+        // Readmitted: it takes `fall` new failures to take it out again.
+        assert_eq!(h.record_live_failure(3), None);
+        assert_eq!(h.record_live_failure(3), None);
+        assert!(h.record_live_failure(3).is_some_and(Change::went_down));
+    }
+
+    #[test]
+    fn both_reasons_are_kept_and_the_cooldown_ends_only_the_live_traffic_one() {
+        let h = HealthState::default();
+        for _ in 0..3 {
+            h.record_live_failure(3);
+        }
+        let change = h.record_probe_failure(1).unwrap();
+        assert!(!change.went_down(), "it was down already");
+        assert_eq!(change.after, Down(Down::CHECK.0 | Down::TRAFFIC.0));
+        assert!(h.down().by_check() && h.down().by_traffic() && !h.down().by_traffic_only());
+        assert_eq!(h.readmit(), Some(Change { before: change.after, after: Down::CHECK }));
+        assert!(!h.is_up(), "the check's verdict stands");
+        assert_eq!(h.transitions(), 1);
+        assert!(h.forget_check().is_some_and(Change::came_up));
     }
 
     #[test]
     fn rise_consecutive_successes_bring_it_up() {
         let h = HealthState::default();
         for _ in 0..2 {
-            h.record_failure(2);
+            h.record_probe_failure(2);
         }
         assert!(!h.is_up());
-        assert!(!h.record_success(3));
-        assert!(!h.record_success(3));
-        h.record_failure(2); // streak broken
-        assert!(!h.record_success(3));
-        assert!(!h.record_success(3));
-        assert!(h.record_success(3));
+        assert_eq!(h.record_probe_success(3), None);
+        assert_eq!(h.record_probe_success(3), None);
+        h.record_probe_failure(2); // streak broken
+        assert_eq!(h.record_probe_success(3), None);
+        assert_eq!(h.record_probe_success(3), None);
+        assert!(h.record_probe_success(3).is_some_and(Change::came_up));
         assert!(h.is_up());
         assert_eq!(h.transitions(), 2);
     }
@@ -432,12 +647,13 @@ mod tests {
         let mut states = Vec::new();
         for tick in 0..100 {
             let healthy = (tick / 10) % 2 == 0; // 10 ticks = 1 s per phase
-            let t = if healthy { h.record_success(rise) } else { h.record_failure(fall) };
-            transitions += t as u32;
+            let t = if healthy { h.record_probe_success(rise) } else { h.record_probe_failure(fall) };
+            transitions += t.is_some() as u32;
             states.push(h.is_up());
         }
         // Phases: up(0-9) down(10-19) ... 10 phases → 9 changes of the truth.
         assert_eq!(transitions, 9);
+        assert_eq!(h.transitions(), 9);
         // Down is noticed on the 3rd failing tick, up on the 2nd healthy tick.
         assert!(states[11] && !states[12]);
         assert!(!states[20] && states[21]);
@@ -448,11 +664,43 @@ mod tests {
     fn blips_shorter_than_the_hysteresis_are_ignored() {
         let h = HealthState::default();
         for _ in 0..50 {
-            h.record_failure(3);
-            h.record_failure(3);
-            h.record_success(2);
+            h.record_probe_failure(3);
+            h.record_probe_failure(3);
+            h.record_probe_success(2);
+            h.record_live_failure(3);
+            h.record_live_failure(3);
+            h.record_answer();
         }
         assert!(h.is_up());
         assert_eq!(h.transitions(), 0);
+    }
+
+    fn pool_of(n: usize) -> Vec<Arc<Backend>> {
+        (0..n).map(|i| Arc::new(Backend::new(format!("b{i}"), ([127, 0, 0, 1], 1000 + i as u16).into(), 1))).collect()
+    }
+
+    fn eject(b: &Backend) {
+        for _ in 0..3 {
+            b.health().record_live_failure(3);
+        }
+    }
+
+    #[test]
+    fn passive_marks_never_empty_the_rotation() {
+        let backends = pool_of(3);
+        eject(&backends[0]);
+        assert_eq!(rotation(&backends), (vec![1, 2], false));
+        eject(&backends[1]);
+        eject(&backends[2]);
+        assert_eq!(rotation(&backends), (vec![0, 1, 2], true), "every one out by live traffic: all tried");
+        // Mixed: the one its check took down stays out, the rest are tried.
+        backends[1].health().record_probe_failure(1);
+        assert_eq!(rotation(&backends), (vec![0, 2], true));
+        backends[0].health().record_probe_failure(1);
+        backends[2].health().record_probe_failure(1);
+        assert_eq!(rotation(&backends), (vec![], true), "all down by their checks: nothing to try");
+        // One back up: the others are out again.
+        backends[2].health().record_probe_success(1);
+        assert_eq!(up_from_health(&backends), [2]);
     }
 }

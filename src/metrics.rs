@@ -1,7 +1,7 @@
 //! Prometheus metrics: one registry owned by the application, names and labels from SPEC.md.
 //!
 //! Per-backend series (`lb_requests_total`, `lb_request_duration_seconds`, `lb_backend_up`,
-//! `lb_backend_in_flight`, `lb_health_checks_total`) live with the backend's shared state
+//! `lb_backend_in_rotation`, `lb_backend_in_flight`, `lb_health_checks_total`) live with the backend's shared state
 //! ([`BackendMetrics`]) and are emitted by a collector that walks the live pool snapshots at
 //! scrape time. So a kept backend's counters continue across reloads, a removed backend's series
 //! disappear with it, and gauges are read from the same atomics the strategies use, never
@@ -33,7 +33,10 @@ const REQUESTS_HELP: &str =
 const DURATION: &str = "lb_request_duration_seconds";
 const DURATION_HELP: &str = "Time from receiving a request to the end of its response.";
 const UP: &str = "lb_backend_up";
-const UP_HELP: &str = "1 when the backend is in rotation, 0 when it is down.";
+const UP_HELP: &str = "1 when the backend is up, 0 when its active check or live-traffic failures took it down.";
+const IN_ROTATION: &str = "lb_backend_in_rotation";
+const IN_ROTATION_HELP: &str =
+    "1 when new requests go to the backend: it is up, or it is down by live-traffic failures alone and nothing else in its pool is up.";
 const IN_FLIGHT: &str = "lb_backend_in_flight";
 const IN_FLIGHT_HELP: &str = "Requests (http) or sessions (tcp) in flight to the backend.";
 const CHECKS: &str = "lb_health_checks_total";
@@ -230,6 +233,7 @@ impl PoolCollector {
             desc(REQUESTS, REQUESTS_HELP, &["listener", "pool", "backend", "code"]),
             desc(DURATION, DURATION_HELP, &["listener", "pool", "backend"]),
             desc(UP, UP_HELP, &["pool", "backend"]),
+            desc(IN_ROTATION, IN_ROTATION_HELP, &["pool", "backend"]),
             desc(IN_FLIGHT, IN_FLIGHT_HELP, &["pool", "backend"]),
             desc(CHECKS, CHECKS_HELP, &["pool", "backend", "result"]),
         ];
@@ -299,6 +303,7 @@ impl Collector for PoolCollector {
         let mut requests = family(REQUESTS, REQUESTS_HELP, MetricType::COUNTER);
         let mut duration = family(DURATION, DURATION_HELP, MetricType::HISTOGRAM);
         let mut up = family(UP, UP_HELP, MetricType::GAUGE);
+        let mut in_rotation = family(IN_ROTATION, IN_ROTATION_HELP, MetricType::GAUGE);
         let mut in_flight = family(IN_FLIGHT, IN_FLIGHT_HELP, MetricType::GAUGE);
         let mut checks = family(CHECKS, CHECKS_HELP, MetricType::COUNTER);
         adopt(&mut requests, self.local_requests.collect(), &[("backend", "")]);
@@ -311,8 +316,11 @@ impl Collector for PoolCollector {
                 adopt(&mut requests, m.requests.collect(), &extra);
                 adopt(&mut duration, m.duration.collect(), &extra);
                 let base = || vec![label("backend", &b.name), label("pool", pool_name)];
-                let is_up = pool.up.binary_search(&i).is_ok();
-                up.mut_metric().push(gauge_metric(base(), if is_up { 1.0 } else { 0.0 }));
+                // Up is the backend's health; in rotation is the snapshot's `up` set, which also
+                // holds backends down by live traffic alone when nothing else is up.
+                let bit = |b: bool| if b { 1.0 } else { 0.0 };
+                up.mut_metric().push(gauge_metric(base(), bit(b.health().is_up())));
+                in_rotation.mut_metric().push(gauge_metric(base(), bit(pool.up.binary_search(&i).is_ok())));
                 in_flight.mut_metric().push(gauge_metric(base(), b.in_flight() as f64));
                 for (result, counter) in [("failure", &m.checks_failed), ("success", &m.checks_ok)] {
                     let mut labels = base();
@@ -324,6 +332,6 @@ impl Collector for PoolCollector {
                 }
             }
         }
-        vec![requests, duration, up, in_flight, checks]
+        vec![requests, duration, up, in_rotation, in_flight, checks]
     }
 }

@@ -142,7 +142,7 @@ pub struct PoolStatus {
     pub strategy: &'static str,
     /// `null` when the pool has no active health check.
     pub health: Option<HealthInfo>,
-    /// How many backends are in rotation.
+    /// How many backends are up (`state` `"up"`).
     pub backends_up: usize,
     /// In configuration order.
     pub backends: Vec<BackendStatus>,
@@ -152,8 +152,14 @@ pub struct PoolStatus {
 pub struct BackendStatus {
     pub name: String,
     pub addr: String,
-    /// `"up"` (in rotation) or `"down"`.
+    /// `"up"`, or `"down"` (out by its active check or by live-traffic failures).
     pub state: &'static str,
+    /// What took it down: `"check"` (its active check; it stays out), `"traffic"` (live-traffic
+    /// failures alone); `null` when up.
+    pub down_by: Option<&'static str>,
+    /// Whether new requests go to it: when up, and when down by live traffic alone while
+    /// nothing else in its pool is up (tried anyway).
+    pub in_rotation: bool,
     /// Unix ms of the last up/down transition (or of when lb started using the backend).
     pub since_ms: u64,
     /// Up/down transitions so far.
@@ -257,12 +263,13 @@ impl Status {
             .iter()
             .map(|(pool_name, handle)| {
                 let pool = handle.load();
-                let backends = pool
+                let backends: Vec<BackendStatus> = pool
                     .backends
                     .iter()
                     .enumerate()
                     .map(|(i, b)| {
                         let h = b.health();
+                        let down = h.down();
                         let (result, reason) = h.last_check();
                         let last_check = match result {
                             CheckResult::None => None,
@@ -273,7 +280,15 @@ impl Status {
                         BackendStatus {
                             name: b.name.clone(),
                             addr: b.addr.to_string(),
-                            state: if pool.up.binary_search(&i).is_ok() { "up" } else { "down" },
+                            state: if down.is_up() { "up" } else { "down" },
+                            down_by: if down.by_check() {
+                                Some("check")
+                            } else if down.by_traffic() {
+                                Some("traffic")
+                            } else {
+                                None
+                            },
+                            in_rotation: pool.up.binary_search(&i).is_ok(),
                             since_ms: h.since_ms(),
                             transitions: h.transitions(),
                             last_check,
@@ -288,7 +303,7 @@ impl Status {
                     name: pool_name.clone(),
                     strategy: pool.kind.as_str(),
                     health: topology.health.get(pool_name).cloned().flatten(),
-                    backends_up: pool.up.len(),
+                    backends_up: backends.iter().filter(|b| b.state == "up").count(),
                     backends,
                 }
             })
@@ -374,10 +389,14 @@ impl Status {
         );
         for b in &p.backends {
             let (check_class, check_text, check_title) = check_cells(b, p.health.is_some());
+            let note = match state_note(b) {
+                Some((text, title)) => format!(" <span class=\"why\" title=\"{title}\">{text}</span>"),
+                None => String::new(),
+            };
             let _ = writeln!(
                 out,
                 "<tr data-backend=\"{n}\" data-state=\"{state}\" class=\"{state}\"><td>{n}</td><td class=\"mono\">{}</td>\
-                 <td><span class=\"state {state}\">{}</span></td><td title=\"{}\">{}</td>\
+                 <td><span class=\"state {state}\">{}</span>{note}</td><td title=\"{}\">{}</td>\
                  <td class=\"check {check_class}\" title=\"{}\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
                  <td class=\"num\">{}</td></tr>",
                 esc(&b.addr),
@@ -412,6 +431,19 @@ fn count_class(p: &PoolStatus) -> &'static str {
         "none"
     } else {
         "some"
+    }
+}
+
+/// (text, tooltip) shown after `DOWN` for a backend out by live-traffic failures (the last-check
+/// cell already says why a check failed). The script has the same function.
+fn state_note(b: &BackendStatus) -> Option<(&'static str, &'static str)> {
+    match (b.down_by, b.in_rotation) {
+        (Some("traffic"), true) => Some((
+            "live traffic · tried anyway",
+            "out by live-traffic failures; nothing else in the pool is up, so it is tried anyway",
+        )),
+        (Some("traffic"), false) => Some(("live traffic", "out by live-traffic failures (connect, reset, timeout)")),
+        _ => None,
     }
 }
 
@@ -539,7 +571,8 @@ tr.down td { background: var(--down-bg); }
 .state.up { color: var(--up); background: var(--up-bg); }
 .state.down { color: #fff; background: var(--down); }
 .check.ok { color: var(--up); } .check.fail { color: var(--down); white-space: normal; }
-.check.pending, .check.passive, .none { color: var(--muted); }
+.check.pending, .check.passive, .none, .why { color: var(--muted); }
+.why { font-size: 12px; }
 "#;
 
 const JS: &str = r#"
@@ -590,6 +623,14 @@ const JS: &str = r#"
     if (hasCheck) return ["pending", "not yet", "no probe has finished yet"];
     return ["passive", "\u2014", "no active health check; failures on live traffic take it out"];
   }
+  function stateNote(b) {
+    if (b.down_by !== "traffic") return null;
+    if (b.in_rotation) {
+      return ["live traffic \u00b7 tried anyway",
+        "out by live-traffic failures; nothing else in the pool is up, so it is tried anyway"];
+    }
+    return ["live traffic", "out by live-traffic failures (connect, reset, timeout)"];
+  }
   function th(text, cls) {
     return el("th", cls ? { scope: "col", class: cls } : { scope: "col" }, [text]);
   }
@@ -612,10 +653,13 @@ const JS: &str = r#"
     const count = p.backends_up === n ? "all" : p.backends_up === 0 ? "none" : "some";
     const rows = p.backends.map((b) => {
       const [cc, ct, ctitle] = checkCells(b, p.health !== null);
+      const note = stateNote(b);
+      const state = [el("span", { class: "state " + b.state }, [b.state === "up" ? "UP" : "DOWN"])];
+      if (note) state.push(" ", el("span", { class: "why", title: note[1] }, [note[0]]));
       return el("tr", { "data-backend": b.name, "data-state": b.state, class: b.state }, [
         el("td", {}, [b.name]),
         el("td", { class: "mono" }, [b.addr]),
-        el("td", {}, [el("span", { class: "state " + b.state }, [b.state === "up" ? "UP" : "DOWN"])]),
+        el("td", {}, state),
         el("td", { title: utc(b.since_ms) }, [ago(s.now_ms - b.since_ms)]),
         el("td", { class: "check " + cc, title: ctitle }, [ct]),
         el("td", { class: "num" }, [b.weight]),

@@ -161,6 +161,8 @@ async fn status_json_has_exact_fields_and_values() {
         "name",
         "addr",
         "state",
+        "down_by",
+        "in_rotation",
         "since_ms",
         "transitions",
         "last_check",
@@ -177,6 +179,7 @@ async fn status_json_has_exact_fields_and_values() {
         assert_eq!(keys(j), backend_keys);
         assert_eq!(j["addr"], tb.addr.to_string());
         assert_eq!(j["state"], "up");
+        assert_eq!((&j["down_by"], &j["in_rotation"]), (&Value::Null, &json!(true)));
         assert_eq!(j["weight"], i + 1);
         assert_eq!(j["in_flight"], 0);
         assert_eq!(j["transitions"], 0);
@@ -234,6 +237,7 @@ async fn status_json_shows_a_backend_going_down_and_back() {
     let s = status_json(admin).await;
     let j = backend(&s, "app", "b");
     assert_eq!(j["state"], "down");
+    assert_eq!((&j["down_by"], &j["in_rotation"]), (&json!("check"), &json!(false)));
     assert_eq!(j["last_check"], json!({ "result": "failure", "reason": "status 503" }));
     assert_eq!(j["transitions"], 1);
     let since = j["since_ms"].as_u64().unwrap();

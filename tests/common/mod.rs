@@ -389,3 +389,11 @@ pub fn up_names(lb: &lb::app::Running, pool: &str) -> Vec<String> {
     let p = lb.pool(pool).unwrap().load_full();
     p.up.iter().map(|&i| p.backends[i].name.clone()).collect()
 }
+
+/// Names of the backends of `pool` that are up by their health state: neither their active
+/// check nor live-traffic failures took them down. Unlike [`up_names`], this leaves out the
+/// backends down by live traffic that lb tries anyway because nothing else is up.
+pub fn healthy_names(lb: &lb::app::Running, pool: &str) -> Vec<String> {
+    let p = lb.pool(pool).unwrap().load_full();
+    p.backends.iter().filter(|b| b.health().is_up()).map(|b| b.name.clone()).collect()
+}
