@@ -20,11 +20,11 @@ use crate::config::{self, Config, ListenerConfig, Mode, PoolConfig};
 use crate::health::{self, Monitor};
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, PoolHandle, PoolSettings, Route};
-use crate::proxy::upstream_tls::UpstreamTls;
 use crate::reload::Changes;
 use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;
 use crate::status::{SharedTopology, Topology};
+use crate::tls::UpstreamTls;
 use crate::workers::{self, Workers};
 
 /// Why the proxy could not start, or a reload was refused.

@@ -18,7 +18,7 @@ use crate::config::{defaults, ProxyVersion, StrategyKind};
 use crate::health::HealthState;
 use crate::metrics::BackendMetrics;
 use crate::proxy::upstream::ConnPool;
-use crate::proxy::upstream_tls::UpstreamTls;
+use crate::tls::UpstreamTls;
 
 /// One upstream server. Shared (`Arc`) by every snapshot that contains it.
 #[derive(Debug)]

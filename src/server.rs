@@ -29,7 +29,8 @@ use crate::metrics::Metrics;
 use crate::pool::Route;
 use crate::proxy::checked_stream::CheckedStream;
 use crate::proxy::guard::{self, Activity, ConnTimeouts, Expired};
-use crate::proxy::{proxy_protocol, tcp, HttpProxy};
+use crate::proxy::{tcp, HttpProxy};
+use crate::proxy_protocol;
 use crate::shutdown::Signal;
 
 /// Largest request head (request line + headers) accepted; larger gets 431.

@@ -16,7 +16,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use raw::{HealthKind, Mode, ProxyVersion};
+pub use crate::proxy_protocol::ProxyVersion;
+pub use crate::tls::TlsCertConfig;
+pub use raw::{HealthKind, Mode};
 pub use strategy::{BalanceFactor, HashKey, HashOptions, StrategyKind};
 
 /// Defaults for the optional keys; documented in the README's configuration reference.
@@ -71,13 +73,6 @@ pub struct ListenerConfig {
     pub accept_proxy: bool,
 }
 
-/// One certificate chain and its key, as absolute or config-relative paths made absolute.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsCertConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct PoolConfig {
     /// With its options (`consistent_hash`'s `hash_key` and `hash_balance_factor`).
@@ -89,7 +84,7 @@ pub struct PoolConfig {
     pub health: Option<HealthConfig>,
     /// The CAs (`tls_ca`, or the system's) and the client config built from them; `Some` when
     /// at least one backend is reached over TLS.
-    pub tls: Option<crate::proxy::upstream_tls::TlsClient>,
+    pub tls: Option<crate::tls::TlsClient>,
     /// PROXY protocol header written to backends in tcp mode.
     pub send_proxy: Option<ProxyVersion>,
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
 use super::strategy::StrategyKind;
+use crate::proxy_protocol::ProxyVersion;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -115,23 +116,6 @@ pub struct RawBackend {
     pub name: Option<Spanned<String>>,
     /// TLS to this backend, overriding the pool's `tls`.
     pub tls: Option<Spanned<bool>>,
-}
-
-/// `send_proxy = "v1" | "v2"`: the PROXY protocol version written to backends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ProxyVersion {
-    V1,
-    V2,
-}
-
-impl ProxyVersion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ProxyVersion::V1 => "v1",
-            ProxyVersion::V2 => "v2",
-        }
-    }
 }
 
 /// `kind = "http" | "tcp"` of an active health check.

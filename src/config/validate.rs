@@ -26,7 +26,7 @@ use super::{
     TlsCertConfig,
 };
 use crate::access_log::Target;
-use crate::proxy::upstream_tls::{self, TlsClient};
+use crate::tls::{self, TlsClient};
 
 struct Ctx<'a> {
     path: &'a Path,
@@ -219,7 +219,7 @@ fn listener_config(
             key: readable_file(cx, &t.key, base, "key")?,
         };
         // Parse now, so a broken PEM or a key that does not match fails --check and reloads.
-        crate::tls::check_pair(&pair).map_err(|e| cx.err(t.cert.span(), e.to_string()))?;
+        tls::check_pair(&pair).map_err(|e| cx.err(t.cert.span(), e.to_string()))?;
         tls.push(pair);
     }
     let access_log = match &l.access_log {
@@ -356,7 +356,7 @@ fn backend_tls(cx: &Ctx<'_>, p: &RawPool, b: &RawBackend) -> Result<Option<Serve
         return Ok(None);
     }
     let sni = p.tls_sni.as_ref();
-    upstream_tls::server_name(sni.map(|s| s.get_ref().as_str()), b.addr.get_ref()).map(Some).map_err(|e| match sni {
+    tls::server_name(sni.map(|s| s.get_ref().as_str()), b.addr.get_ref()).map(Some).map_err(|e| match sni {
         Some(s) => cx.err(s.span(), format!("invalid tls_sni: {e}")),
         None => {
             cx.err(b.addr.span(), format!("cannot check the TLS certificate of this backend: host {e}; set tls_sni"))

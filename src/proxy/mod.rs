@@ -7,7 +7,6 @@
 //! - `tcp`: one connection → pick, connect (with failover), copy bytes both ways.
 //! - `local`: the short text/plain answers the proxy gives itself (400, 502, 503, 504).
 //! - `upstream_tls`: opening backend connections: TCP, an optional PROXY header, optional TLS.
-//! - `proxy_protocol`: PROXY protocol v1/v2 headers, parsed from clients and written to backends.
 //! - `framing` + `checked_stream`: HTTP/1 request heads judged on the client's byte stream
 //!   before hyper parses them (both `Content-Length` and `Transfer-Encoding` → 400).
 //! - `guard`: hostile input: request checks (400/413/414), the client body limit, and the
@@ -20,7 +19,6 @@ pub mod h1_client;
 pub mod headers;
 pub mod http;
 pub mod local;
-pub mod proxy_protocol;
 pub mod tcp;
 pub mod upstream;
 pub mod upstream_tls;

@@ -31,8 +31,8 @@ use crate::pool::{Backend, InFlight, Route};
 use crate::shutdown::Signal;
 
 use super::guard;
-use super::proxy_protocol::Addresses;
 use super::upstream_tls::{self, BackendStream, OpenError, Preface};
+use crate::proxy_protocol::Addresses;
 
 /// Per-chunk byte counters of a listener: (from clients, to clients).
 pub type ByteCounters = (IntCounter, IntCounter);

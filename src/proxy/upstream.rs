@@ -28,9 +28,10 @@ use hyper_util::rt::TokioIo;
 use prometheus::Histogram;
 
 use super::h1_client::{H1Conn, OwnBody};
-use super::upstream_tls::{self, BackendStream, OpenError, UpstreamTls};
+use super::upstream_tls::{self, BackendStream, OpenError};
 use crate::access_log::{AccessLog, HttpEntry};
 use crate::pool::InFlight;
+use crate::tls::UpstreamTls;
 
 /// Body of a request sent upstream: the client's streamed body (cut off at `max_body_bytes`),
 /// or nothing (so that a bodiless request can be rebuilt for a retry).

@@ -24,7 +24,13 @@ use rustls::ServerConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
-use crate::config::TlsCertConfig;
+/// One certificate chain and its key (`[[listeners.tls]]`), as absolute or config-relative
+/// paths made absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCertConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
 
 /// A certificate or key that could not be used.
 #[derive(Debug, thiserror::Error)]
