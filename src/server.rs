@@ -62,7 +62,8 @@ pub struct ListenerRuntime {
     accept_proxy: bool,
     /// Time to the first request, and how long a connection may sit without one.
     timeouts: ConnTimeouts,
-    /// Header lines allowed per HTTP/1 request head (more: `431`, answered by lb).
+    /// Header lines allowed per HTTP/1 request head (more: `431`, answered by lb on the byte
+    /// stream; HTTP/2 requests are held to it by `guard::check`).
     max_headers: usize,
 }
 
@@ -105,7 +106,11 @@ impl ListenerRuntime {
             scheme,
             metrics: metrics.clone(),
             access_log: access_log.clone(),
-            limits: guard::Limits { max_uri_bytes: cfg.max_uri_bytes, max_body_bytes: cfg.max_body_bytes },
+            limits: guard::Limits {
+                max_uri_bytes: cfg.max_uri_bytes,
+                max_body_bytes: cfg.max_body_bytes,
+                max_headers: cfg.max_headers,
+            },
             tunnel_idle: cfg.idle_timeout,
         });
         let counters = ListenerCounters {

@@ -14,6 +14,10 @@
 //!   `gzip, chunked` and repeated headers, which other servers may frame differently): `400`;
 //! - more than one `Host` header (RFC 9112 §3.2; lb and the backend could each take a
 //!   different one): `400` (found where the proxy reads the host, with the same lookup);
+//! - an HTTP/2 request with more header fields than `max_headers` (the HTTP/1 limit, which the
+//!   byte stream enforces before hyper parses a head; h2 only bounds the list's size): `431`.
+//!   `cookie` fields count as one, since HTTP/2 clients send one per cookie where HTTP/1 has
+//!   one line;
 //! - a path and query longer than `max_uri_bytes`: `414`;
 //! - a declared `Content-Length` over `max_body_bytes`: `413`; a body without one that grows
 //!   past it is cut off there by [`ClientBody`] and answered with `413` too.
@@ -40,7 +44,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
@@ -50,9 +54,13 @@ use super::http::RespBody;
 use super::local;
 use super::upstream::ConnectError;
 
-/// Per-listener request limits (`max_uri_bytes`, `max_body_bytes`).
+/// Per-listener request limits (`max_uri_bytes`, `max_body_bytes`, `max_headers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Header fields allowed per request; more gets 431. HTTP/1 heads are held to it on the
+    /// byte stream already (see `checked_stream`), so only HTTP/2 requests can reach this check
+    /// with more.
+    pub max_headers: usize,
     /// Longest path and query accepted; longer gets 414.
     pub max_uri_bytes: usize,
     /// Largest request body accepted, `None` for no limit; larger gets 413.
@@ -74,6 +82,8 @@ pub enum Refusal {
     /// More than one `Host` header (RFC 9112 §3.2): backends and lb could disagree on which
     /// one names the site.
     DuplicateHost,
+    /// More header fields than `max_headers`.
+    TooManyHeaders,
 }
 
 impl Refusal {
@@ -87,6 +97,9 @@ impl Refusal {
             Refusal::BodyTooLarge => local::respond(StatusCode::PAYLOAD_TOO_LARGE, "413 Content Too Large"),
             Refusal::BodyAborted => local::bad_request("the request body ended early"),
             Refusal::DuplicateHost => local::bad_request("more than one Host header"),
+            Refusal::TooManyHeaders => {
+                local::respond(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "431 Request Header Fields Too Large")
+            }
         };
         if version < Version::HTTP_2 {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
@@ -98,6 +111,13 @@ impl Refusal {
 /// Checks a request head against the rules above. Cheap: a few header lookups.
 pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Refusal> {
     let headers = req.headers();
+    // One comparison for nearly every request; the cookies are only counted past the limit.
+    if headers.len() > limits.max_headers {
+        let crumbs = headers.get_all(COOKIE).iter().count();
+        if headers.len() - crumbs.saturating_sub(1) > limits.max_headers {
+            return Err(Refusal::TooManyHeaders);
+        }
+    }
     let mut te = headers.get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = te.next() {
         let only_chunked = first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") && te.next().is_none();
@@ -514,7 +534,7 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: Limits = Limits { max_uri_bytes: 16, max_body_bytes: Some(10) };
+    const LIMITS: Limits = Limits { max_uri_bytes: 16, max_body_bytes: Some(10), max_headers: 3 };
 
     fn req(headers: &[(&str, &str)], uri: &str) -> Request<()> {
         let mut b = Request::post(uri);
@@ -549,6 +569,22 @@ mod tests {
         assert_eq!(check(&req(&[("content-length", "11")], "/"), &LIMITS), Err(Refusal::BodyTooLarge));
         let unlimited = Limits { max_body_bytes: None, ..LIMITS };
         assert_eq!(check(&req(&[("content-length", "99999999999")], "/"), &unlimited), Ok(()));
+    }
+
+    #[test]
+    fn header_fields_past_max_headers_with_cookies_counted_once() {
+        let three = [("a", "1"), ("b", "2"), ("c", "3")];
+        assert_eq!(check(&req(&three, "/"), &LIMITS), Ok(()));
+        assert_eq!(
+            check(&req(&[("a", "1"), ("a", "2"), ("b", "3"), ("c", "4")], "/"), &LIMITS),
+            Err(Refusal::TooManyHeaders)
+        );
+        let crumbs: Vec<(&str, &str)> =
+            std::iter::repeat_n(("cookie", "k=v"), 50).chain([("a", "1"), ("b", "2")]).collect();
+        assert_eq!(check(&req(&crumbs, "/"), &LIMITS), Ok(()));
+        let more: Vec<(&str, &str)> = crumbs.iter().copied().chain([("c", "3")]).collect();
+        assert_eq!(check(&req(&more, "/"), &LIMITS), Err(Refusal::TooManyHeaders));
+        assert_eq!(Refusal::TooManyHeaders.response(Version::HTTP_2).status(), 431);
     }
 
     #[test]

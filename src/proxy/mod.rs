@@ -10,7 +10,7 @@
 //! - `proxy_protocol`: PROXY protocol v1/v2 headers, parsed from clients and written to backends.
 //! - `framing` + `checked_stream`: HTTP/1 request heads judged on the client's byte stream
 //!   before hyper parses them (both `Content-Length` and `Transfer-Encoding` → 400).
-//! - `guard`: hostile input: request checks (400/413/414), the client body limit, and the
+//! - `guard`: hostile input: request checks (400/413/414/431), the client body limit, and the
 //!   connection deadlines before the first request and when idle.
 
 pub mod checked_stream;
