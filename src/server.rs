@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::pool::Route;
 use crate::proxy::checked_stream::CheckedStream;
 use crate::proxy::guard::{self, Activity, ConnTimeouts, Expired};
+use crate::proxy::h2_stream::StreamExec;
 use crate::proxy::{proxy_protocol, tcp, HttpProxy};
 use crate::shutdown::Signal;
 
@@ -44,7 +45,8 @@ pub struct ListenerRuntime {
     pub mode: Mode,
     pub route: Route,
     pub http: Arc<HttpProxy>,
-    builder: auto::Builder<TokioExecutor>,
+    /// Runs each HTTP/2 stream as a task of its own under `idle_timeout` (see `h2_stream`).
+    builder: auto::Builder<StreamExec>,
     /// `max_connections` permits; shared by every runtime of one listener socket (see
     /// [`ListenerRuntime::inherit_limit`]).
     limit: Arc<Semaphore>,
@@ -123,7 +125,7 @@ impl ListenerRuntime {
                 )
             }),
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(StreamExec::new(name.clone(), cfg.idle_timeout));
         builder
             .http1()
             .timer(TokioTimer::new())

@@ -43,7 +43,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -471,18 +471,22 @@ where
         let this = self.project();
         let res = std::task::ready!(this.fut.poll(cx));
         let done = this.done.take();
-        Poll::Ready(res.map(|resp| resp.map(|inner| ActiveBody { inner, done })))
+        // On HTTP/2, the body reports to its stream's clock (see `h2_stream`).
+        let clock = super::h2_stream::current();
+        Poll::Ready(res.map(|resp| resp.map(|inner| ActiveBody { inner, done, clock })))
     }
 }
 
 pin_project_lite::pin_project! {
     /// A response body that keeps its request counted in [`Activity`] until it has been sent
     /// (or dropped): a long download is activity, not idleness, so `idle_timeout` does not end
-    /// its connection's keep-alive.
+    /// its connection's keep-alive. On HTTP/2 it also tells its stream's clock when a chunk was
+    /// handed to hyper and when hyper came back for more (see `h2_stream`).
     pub struct ActiveBody<B> {
         #[pin]
         inner: B,
         done: Option<InFlightRequest>,
+        clock: Option<Arc<super::h2_stream::StreamClock>>,
     }
 }
 
@@ -492,9 +496,21 @@ impl<B: Body> Body for ActiveBody<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
+        if let Some(clock) = this.clock.as_ref() {
+            clock.taken();
+        }
         let res = this.inner.poll_frame(cx);
-        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.done.take();
+        match &res {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => drop(this.done.take()),
+            // A chunk with bytes needs send window; an empty one (or trailers) goes out without.
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(clock), Some(data)) = (this.clock.as_ref(), frame.data_ref()) {
+                    if data.has_remaining() {
+                        clock.handed_over();
+                    }
+                }
+            }
+            Poll::Pending => {}
         }
         res
     }
