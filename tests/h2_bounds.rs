@@ -1,11 +1,12 @@
-//! HTTP/2 clients held to the listener's bounds (README, "Limits"): a stream whose client grants
-//! no flow-control window is reset after `idle_timeout`, releasing its backend connection and
-//! in-flight count; `max_headers` holds for HTTP/2 requests as for HTTP/1 heads.
+//! HTTP/2 clients held to the listener's bounds (README, "Limits" and "HTTP/2 abuse"): a stream
+//! whose client grants no flow-control window is reset after `idle_timeout`, releasing its
+//! backend connection and in-flight count; `max_headers` holds for HTTP/2 requests as for
+//! HTTP/1 heads; PING and SETTINGS floods end their connection.
 //!
 //! Real clients over h2c (prior knowledge) on 127.0.0.1: the h2 crate's client for the one that
 //! advertises a zero window (it answers lb's PINGs by itself, as the misbehaving clients did),
-//! hyper's for the others. Every wait has a generous hang guard ([`PATIENCE`]); no test asserts
-//! how fast something happened.
+//! hyper's for well-formed requests, raw frames for the floods. Every wait has a generous hang
+//! guard ([`PATIENCE`]); no test asserts how fast something happened.
 
 mod common;
 
@@ -192,4 +193,71 @@ async fn max_headers_holds_for_http2_requests() {
     let (status, _) = h2_get_with_headers(addr, "/cookies", 150, |_| "cookie".to_owned()).await;
     assert_eq!(status, 200);
     assert_eq!(heads.lock().unwrap().len(), 2);
+}
+
+// ---- control-frame floods ----
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK for `GET http://h/stream`: static-table :method GET and :scheme http, :path and
+/// :authority as literals without indexing. The test backend's `/stream` answers its first
+/// chunk and holds the response open.
+const GET_STREAM: &[u8] = &[0x82, 0x86, 0x04, 0x07, b'/', b's', b't', b'r', b'e', b'a', b'm', 0x01, 0x01, b'h'];
+
+/// Opens an h2c connection, starts a request whose response stays open (so that only the
+/// flood bound can end the connection: it is neither idle nor without requests), then writes
+/// `count` copies of `one` (a frame) while reading everything lb answers. Returns whether lb
+/// closed the connection, and how many bytes it had answered by then.
+async fn flood(addr: SocketAddr, one: Vec<u8>, count: usize) -> (bool, usize) {
+    let s = TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let writer = tokio::spawn(async move {
+        wr.write_all(PREFACE).await?;
+        wr.write_all(&frame(0x4, 0, 0, &[])).await?;
+        wr.write_all(&frame(0x1, 0x5, 1, GET_STREAM)).await?; // END_STREAM | END_HEADERS
+        let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 1024).collect();
+        for _ in 0..count / 1024 {
+            wr.write_all(&batch).await?;
+        }
+        Ok::<_, std::io::Error>(wr)
+    });
+    let mut answered = 0;
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = loop {
+        match tokio::time::timeout(PATIENCE, rd.read(&mut buf)).await {
+            Err(_) => break false,
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => answered += n,
+        }
+    };
+    // Keeps the socket open until lb has closed it (or the hang guard ran out).
+    drop(writer.await);
+    (closed, answered)
+}
+
+#[tokio::test]
+async fn ping_and_settings_floods_are_cut_off() {
+    let b = TestBackend::start("a").await;
+    let lb = start_lb(&config(&backends_toml(&[&b]), "")).await;
+    let addr = lb.listener_addr("web").unwrap();
+    // 10 MiB of PINGs (17 bytes each), every one answered by a PONG the client reads.
+    let ping = frame(0x6, 0, 0, b"12345678");
+    let (closed, answered) = flood(addr, ping, 10 << 20 >> 4).await;
+    assert!(closed, "a PING flood was answered for ever ({answered} bytes)");
+    // 16 MiB of SETTINGS frames full of settings nobody knows (which must be ignored), each
+    // answered by an ACK.
+    let unknown: Vec<u8> = std::iter::repeat_n([0xff, 0x00, 0, 0, 0, 1], 2730).flatten().collect();
+    let (closed, answered) = flood(addr, frame(0x4, 0, 0, &unknown), 1024).await;
+    assert!(closed, "a SETTINGS flood was answered for ever ({answered} bytes)");
+    // Requests are served as before.
+    let (status, body, _) = get(&client(), addr, "/after").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "a"));
 }
