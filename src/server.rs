@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
@@ -29,6 +29,7 @@ use crate::metrics::Metrics;
 use crate::pool::Route;
 use crate::proxy::checked_stream::CheckedStream;
 use crate::proxy::guard::{self, Activity, ConnTimeouts, Expired};
+use crate::proxy::h2_stream::StreamExec;
 use crate::proxy::{tcp, HttpProxy};
 use crate::proxy_protocol;
 use crate::shutdown::Signal;
@@ -45,7 +46,8 @@ pub struct ListenerRuntime {
     pub mode: Mode,
     pub route: Route,
     pub http: Arc<HttpProxy>,
-    builder: auto::Builder<TokioExecutor>,
+    /// Runs each HTTP/2 stream as a task of its own under `idle_timeout` (see `h2_stream`).
+    builder: auto::Builder<StreamExec>,
     /// `max_connections` permits; shared by every runtime of one listener socket (see
     /// [`ListenerRuntime::inherit_limit`]).
     limit: Arc<Semaphore>,
@@ -63,7 +65,8 @@ pub struct ListenerRuntime {
     accept_proxy: bool,
     /// Time to the first request, and how long a connection may sit without one.
     timeouts: ConnTimeouts,
-    /// Header lines allowed per HTTP/1 request head (more: `431`, answered by lb).
+    /// Header lines allowed per HTTP/1 request head (more: `431`, answered by lb on the byte
+    /// stream; HTTP/2 requests are held to it by `guard::check`).
     max_headers: usize,
 }
 
@@ -106,7 +109,11 @@ impl ListenerRuntime {
             scheme,
             metrics: metrics.clone(),
             access_log: access_log.clone(),
-            limits: guard::Limits { max_uri_bytes: cfg.max_uri_bytes, max_body_bytes: cfg.max_body_bytes },
+            limits: guard::Limits {
+                max_uri_bytes: cfg.max_uri_bytes,
+                max_body_bytes: cfg.max_body_bytes,
+                max_headers: cfg.max_headers,
+            },
             tunnel_idle: cfg.idle_timeout,
         });
         let counters = ListenerCounters {
@@ -119,7 +126,7 @@ impl ListenerRuntime {
                 )
             }),
         };
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+        let mut builder = auto::Builder::new(StreamExec::new(name.clone(), cfg.idle_timeout));
         builder
             .http1()
             .timer(TokioTimer::new())

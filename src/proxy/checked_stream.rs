@@ -21,6 +21,9 @@
 //!
 //! A chunked body hyper fails to decode is passed up to the failing byte (hyper answers it) and
 //! nothing after it is read, as after a refused head.
+//!
+//! On HTTP/2 the bytes are counted by a [`FloodMeter`] on their way to hyper; a control-frame
+//! flood ends the connection with a read error.
 
 use std::io;
 use std::pin::Pin;
@@ -30,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::framing::{Refusal, Scan, Scanner};
 use super::guard::Activity;
+use super::h2_flood::FloodMeter;
 
 /// The answer to a head with both `Content-Length` and `Transfer-Encoding`.
 const SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
@@ -89,6 +93,13 @@ pub struct CheckedStream<S> {
     /// [`Activity::write_blocked`], which times it: `idle_timeout`).
     write_blocked: bool,
     activity: Activity,
+    /// Follows an HTTP/2 connection's frames (an HTTP/1 one only for its first bytes).
+    meter: FloodMeter,
+}
+
+/// The read error that ends a connection found flooding.
+fn flood() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, "HTTP/2 control-frame flood (over 8 times the request bytes + 1 MiB)")
 }
 
 impl<S> CheckedStream<S> {
@@ -105,6 +116,7 @@ impl<S> CheckedStream<S> {
             head_pending: false,
             write_blocked: false,
             activity,
+            meter: FloodMeter::default(),
         }
     }
 }
@@ -167,6 +179,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
         loop {
             if this.ready > 0 {
                 let n = this.ready.min(out.remaining());
+                if this.meter.feed(&this.held[..n]) {
+                    return Poll::Ready(Err(flood()));
+                }
                 out.put_slice(&this.held[..n]);
                 this.held.drain(..n);
                 this.ready -= n;
@@ -193,6 +208,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                 ready!(Pin::new(&mut this.inner).poll_read(cx, out))?;
                 let new = &mut out.filled_mut()[before..];
                 if new.is_empty() || this.scanner.is_off() {
+                    if this.meter.feed(new) {
+                        return Poll::Ready(Err(flood()));
+                    }
                     this.delivered |= !new.is_empty();
                     return Poll::Ready(Ok(()));
                 }
@@ -206,6 +224,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                         n
                     }
                 };
+                if this.meter.feed(&new[..passed]) {
+                    return Poll::Ready(Err(flood()));
+                }
                 out.set_filled(before + passed);
                 this.note_head();
                 if passed > 0 {

@@ -19,6 +19,10 @@
 //!   (RFC 9112 §3.2), as nginx does; a backend that routes by host must not guess;
 //! - the asterisk form (`* HTTP/1.1`) with any method but `OPTIONS` (RFC 9112 §3.2.4): `400`;
 //! - `CONNECT`: `405`. lb is a reverse proxy and opens no tunnels to where a client asks;
+//! - an HTTP/2 request with more header fields than `max_headers` (the HTTP/1 limit, which the
+//!   byte stream enforces before hyper parses a head; h2 only bounds the list's size): `431`.
+//!   `cookie` fields count as one, since HTTP/2 clients send one per cookie where HTTP/1 has
+//!   one line;
 //! - a path and query longer than `max_uri_bytes`: `414`;
 //! - a declared `Content-Length` over `max_body_bytes`: `413`; a body without one that grows
 //!   past it is cut off there by [`ClientBody`] and answered with `413` too.
@@ -44,8 +48,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use bytes::{Buf, Bytes};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::sync::Notify;
@@ -55,9 +59,13 @@ use super::http::RespBody;
 use super::local;
 use super::upstream::ConnectError;
 
-/// Per-listener request limits (`max_uri_bytes`, `max_body_bytes`).
+/// Per-listener request limits (`max_uri_bytes`, `max_body_bytes`, `max_headers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Header fields allowed per request; more gets 431. HTTP/1 heads are held to it on the
+    /// byte stream already (see `checked_stream`), so only HTTP/2 requests can reach this check
+    /// with more.
+    pub max_headers: usize,
     /// Longest path and query accepted; longer gets 414.
     pub max_uri_bytes: usize,
     /// Largest request body accepted, `None` for no limit; larger gets 413.
@@ -87,6 +95,8 @@ pub enum Refusal {
     AsteriskForm,
     /// `CONNECT`: lb opens no tunnels to where a client asks.
     Connect,
+    /// More header fields than `max_headers`.
+    TooManyHeaders,
 }
 
 impl Refusal {
@@ -106,6 +116,9 @@ impl Refusal {
             Refusal::Connect => {
                 local::respond(StatusCode::METHOD_NOT_ALLOWED, "405 Method Not Allowed: lb does not tunnel CONNECT")
             }
+            Refusal::TooManyHeaders => {
+                local::respond(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "431 Request Header Fields Too Large")
+            }
         };
         if version < Version::HTTP_2 {
             resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
@@ -124,6 +137,13 @@ pub fn check<B>(req: &Request<B>, limits: &Limits) -> Result<(), Refusal> {
         return Err(Refusal::AsteriskForm);
     }
     let headers = req.headers();
+    // One comparison for nearly every request; the cookies are only counted past the limit.
+    if headers.len() > limits.max_headers {
+        let crumbs = headers.get_all(COOKIE).iter().count();
+        if headers.len() - crumbs.saturating_sub(1) > limits.max_headers {
+            return Err(Refusal::TooManyHeaders);
+        }
+    }
     let mut te = headers.get_all(TRANSFER_ENCODING).iter();
     if let Some(first) = te.next() {
         let only_chunked = first.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") && te.next().is_none();
@@ -520,18 +540,22 @@ where
         let this = self.project();
         let res = std::task::ready!(this.fut.poll(cx));
         let done = this.done.take();
-        Poll::Ready(res.map(|resp| resp.map(|inner| ActiveBody { inner, done })))
+        // On HTTP/2, the body reports to its stream's clock (see `h2_stream`).
+        let clock = super::h2_stream::current();
+        Poll::Ready(res.map(|resp| resp.map(|inner| ActiveBody { inner, done, clock })))
     }
 }
 
 pin_project_lite::pin_project! {
     /// A response body that keeps its request counted in [`Activity`] until it has been sent
     /// (or dropped): a long download is activity, not idleness, so `idle_timeout` does not end
-    /// its connection's keep-alive.
+    /// its connection's keep-alive. On HTTP/2 it also tells its stream's clock when a chunk was
+    /// handed to hyper and when hyper came back for more (see `h2_stream`).
     pub struct ActiveBody<B> {
         #[pin]
         inner: B,
         done: Option<InFlightRequest>,
+        clock: Option<Arc<super::h2_stream::StreamClock>>,
     }
 }
 
@@ -541,9 +565,21 @@ impl<B: Body> Body for ActiveBody<B> {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let this = self.project();
+        if let Some(clock) = this.clock.as_ref() {
+            clock.taken();
+        }
         let res = this.inner.poll_frame(cx);
-        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.done.take();
+        match &res {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => drop(this.done.take()),
+            // A chunk with bytes needs send window; an empty one (or trailers) goes out without.
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(clock), Some(data)) = (this.clock.as_ref(), frame.data_ref()) {
+                    if data.has_remaining() {
+                        clock.handed_over();
+                    }
+                }
+            }
+            Poll::Pending => {}
         }
         res
     }
@@ -583,7 +619,7 @@ mod tests {
 
     use super::*;
 
-    const LIMITS: Limits = Limits { max_uri_bytes: 16, max_body_bytes: Some(10) };
+    const LIMITS: Limits = Limits { max_uri_bytes: 16, max_body_bytes: Some(10), max_headers: 3 };
 
     #[test]
     fn hosts_as_rfc_3986_spells_them() {
@@ -665,6 +701,22 @@ mod tests {
         assert_eq!(check(&req(&[("content-length", "11")], "/"), &LIMITS), Err(Refusal::BodyTooLarge));
         let unlimited = Limits { max_body_bytes: None, ..LIMITS };
         assert_eq!(check(&req(&[("content-length", "99999999999")], "/"), &unlimited), Ok(()));
+    }
+
+    #[test]
+    fn header_fields_past_max_headers_with_cookies_counted_once() {
+        let three = [("a", "1"), ("b", "2"), ("c", "3")];
+        assert_eq!(check(&req(&three, "/"), &LIMITS), Ok(()));
+        assert_eq!(
+            check(&req(&[("a", "1"), ("a", "2"), ("b", "3"), ("c", "4")], "/"), &LIMITS),
+            Err(Refusal::TooManyHeaders)
+        );
+        let crumbs: Vec<(&str, &str)> =
+            std::iter::repeat_n(("cookie", "k=v"), 50).chain([("a", "1"), ("b", "2")]).collect();
+        assert_eq!(check(&req(&crumbs, "/"), &LIMITS), Ok(()));
+        let more: Vec<(&str, &str)> = crumbs.iter().copied().chain([("c", "3")]).collect();
+        assert_eq!(check(&req(&more, "/"), &LIMITS), Err(Refusal::TooManyHeaders));
+        assert_eq!(Refusal::TooManyHeaders.response(Version::HTTP_2).status(), 431);
     }
 
     #[test]
