@@ -34,7 +34,7 @@ use rustls_pki_types::ServerName;
 
 use crate::config::{HealthConfig, HealthKind, ProxyVersion};
 use crate::pool::{Backend, Pool, PoolHandle};
-use crate::proxy::upstream_tls::{self, Preface};
+use crate::upstream::{self, Preface};
 
 /// How long a backend taken out by live-traffic failures stays out when its pool has no active
 /// health check.
@@ -488,7 +488,7 @@ async fn probe(backend: &Backend, send_proxy: Option<ProxyVersion>, cfg: &Health
         return Ok(());
     }
     let mut stream =
-        upstream_tls::open(addr, backend.tls(), send_proxy.map(Preface::Own)).await.map_err(|e| e.to_string())?;
+        upstream::open(addr, backend.tls(), send_proxy.map(Preface::Own)).await.map_err(|e| e.to_string())?;
     // A TLS backend is asked for the name its certificate was checked against.
     let host = match backend.tls().map(|t| t.server_name()) {
         Some(ServerName::DnsName(name)) => name.as_ref().to_owned(),

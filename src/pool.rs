@@ -17,8 +17,8 @@ use crate::balance::{self, Cursor, LatencyEstimate, PickCtx, Strategy};
 use crate::config::{defaults, ProxyVersion, StrategyKind};
 use crate::health::HealthState;
 use crate::metrics::BackendMetrics;
-use crate::proxy::upstream::ConnPool;
 use crate::tls::UpstreamTls;
+use crate::upstream::ConnPool;
 
 /// One upstream server. Shared (`Arc`) by every snapshot that contains it.
 #[derive(Debug)]

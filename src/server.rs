@@ -34,8 +34,7 @@ use crate::proxy::{tcp, HttpProxy};
 use crate::proxy_protocol;
 use crate::shutdown::Signal;
 
-/// Largest request head (request line + headers) accepted; larger gets 431.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+use crate::http1::MAX_HEAD_BYTES;
 
 /// Pending connections the kernel may queue beyond `max_connections`.
 const BACKLOG: u32 = 4096;
@@ -400,7 +399,7 @@ where
             let activity = Activity::default();
             let requests = activity.clone();
             // X-Forwarded-For's element for this client, formatted once per connection.
-            let client_ip = crate::proxy::headers::client_ip_value(peer.ip());
+            let client_ip = crate::http1::headers::client_ip_value(peer.ip());
             // An upgraded tunnel outlives its HTTP connection: it holds a drain signal of its
             // own, so that shutdown waits for it as for a tcp session.
             let drain = signal.clone();

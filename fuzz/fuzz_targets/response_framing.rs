@@ -1,4 +1,4 @@
-//! lb's own upstream HTTP/1 client (`lb::proxy::h1_client`) on arbitrary backend answers: it
+//! lb's own upstream HTTP/1 client (`lb::upstream::h1_client`) on arbitrary backend answers: it
 //! never panics, and reaches the same verdict (status, body bytes, reusable or error) however
 //! the backend's stream is cut into reads.
 //!
@@ -6,7 +6,7 @@
 //! rest is what the backend sent.
 #![no_main]
 
-use lb::proxy::h1_client::read_response;
+use lb::upstream::h1_client::read_response;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -31,9 +31,9 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::framing::{Refusal, Scan, Scanner};
 use super::guard::Activity;
 use super::h2_flood::FloodMeter;
+use crate::http1::framing::{Refusal, Scan, Scanner};
 
 /// The answer to a head with both `Content-Length` and `Transfer-Encoding`.
 const SMUGGLING: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\

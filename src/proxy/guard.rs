@@ -25,7 +25,7 @@
 //!   one line;
 //! - a path and query longer than `max_uri_bytes`: `414`;
 //! - a declared `Content-Length` over `max_body_bytes`: `413`; a body without one that grows
-//!   past it is cut off there by [`ClientBody`] and answered with `413` too.
+//!   past it is cut off there by [`crate::upstream::ClientBody`] and answered with `413` too.
 //!
 //! Each of these answers carries `Connection: close` on HTTP/1: the rest of the connection's
 //! bytes cannot be trusted to be framed the way we think, so nothing more is read from it.
@@ -41,23 +41,22 @@
 //! flight) and a client that stops reading (`idle_timeout` without a byte taken).
 
 use std::error::Error as StdError;
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Buf;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, COOKIE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Version};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use super::http::RespBody;
 use super::local;
-use super::upstream::ConnectError;
+use crate::upstream::{ClientBodyError, ConnectError};
 
 /// Per-listener request limits (`max_uri_bytes`, `max_body_bytes`, `max_headers`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,79 +191,6 @@ pub fn valid_host(host: &[u8]) -> bool {
     let name_ok =
         !name.is_empty() && name.iter().all(|&b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b));
     name_ok && port.len() <= 5 && port.iter().all(u8::is_ascii_digit)
-}
-
-/// A client's request body on its way to a backend, cut off with an error once it grows past
-/// `max_body_bytes`. Its errors say whose fault they were, see [`client_fault`].
-pub struct ClientBody {
-    inner: Incoming,
-    /// Bytes still allowed; `None` without a limit.
-    left: Option<u64>,
-}
-
-impl ClientBody {
-    pub fn new(inner: Incoming, limit: Option<u64>) -> Self {
-        ClientBody { inner, left: limit }
-    }
-}
-
-/// Why a [`ClientBody`] failed.
-#[derive(Debug)]
-pub enum ClientBodyError {
-    /// Reading from the client failed (it went away, or its framing broke).
-    Read(hyper::Error),
-    /// The body grew past the limit.
-    TooLarge,
-}
-
-impl fmt::Display for ClientBodyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClientBodyError::Read(e) => write!(f, "reading the client's request body failed: {e}"),
-            ClientBodyError::TooLarge => f.write_str("the client's request body is over max_body_bytes"),
-        }
-    }
-}
-
-impl StdError for ClientBodyError {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match self {
-            ClientBodyError::Read(e) => Some(e),
-            ClientBodyError::TooLarge => None,
-        }
-    }
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = ClientBodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(left), Some(data)) = (this.left.as_mut(), frame.data_ref()) {
-                    let n = data.len() as u64;
-                    if n > *left {
-                        return Poll::Ready(Some(Err(ClientBodyError::TooLarge)));
-                    }
-                    *left -= n;
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Read(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 /// When an upstream exchange failed because of the client's body (too large, or cut short),
@@ -744,7 +670,7 @@ mod tests {
     /// A request handler that answers (with an empty body) once `rx` fires or is dropped.
     async fn answer_when(
         rx: tokio::sync::oneshot::Receiver<()>,
-    ) -> Result<Response<http_body_util::Empty<Bytes>>, std::convert::Infallible> {
+    ) -> Result<Response<http_body_util::Empty<bytes::Bytes>>, std::convert::Infallible> {
         let _ = rx.await;
         Ok(Response::new(http_body_util::Empty::new()))
     }

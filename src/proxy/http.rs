@@ -24,16 +24,17 @@ use hyper::body::{Body, Incoming};
 use tokio::time::{timeout_at, Instant};
 
 use super::guard;
-use super::h1_client::OwnBody;
-use super::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop, Forwarded};
 use super::local;
-use super::upstream::{connect, connect_own, BodyError, ConnectError, Sender, UpBody, UpstreamBody};
+use super::response_body::{BodyError, UpstreamBody};
 use crate::access_log::{AccessLog, HttpEntry};
 use crate::balance::{PickCtx, TryTimer};
 use crate::health;
+use crate::http1::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop, Forwarded};
 use crate::metrics::Metrics;
 use crate::pool::{Backend, Pool, Route};
 use crate::shutdown::Signal;
+use crate::upstream::h1_client::OwnBody;
+use crate::upstream::{connect, connect_own, ClientBody, ConnectError, Sender, UpBody};
 
 /// Body of every response the proxy sends: a backend's stream, or the proxy's own short text.
 pub type RespBody = Either<UpstreamBody, Full<Bytes>>;
@@ -217,7 +218,7 @@ impl HttpProxy {
             let body: UpBody = if bodiless {
                 Either::Right(Empty::new())
             } else {
-                Either::Left(guard::ClientBody::new(body, self.limits.max_body_bytes))
+                Either::Left(ClientBody::new(body, self.limits.max_body_bytes))
             };
             Outgoing::Streamed(Some(Request::from_parts(parts, body)))
         };

@@ -31,8 +31,8 @@ use crate::pool::{Backend, InFlight, Route};
 use crate::shutdown::Signal;
 
 use super::guard;
-use super::upstream_tls::{self, BackendStream, OpenError, Preface};
 use crate::proxy_protocol::Addresses;
+use crate::upstream::{self, BackendStream, OpenError, Preface};
 
 /// Per-chunk byte counters of a listener: (from clients, to clients).
 pub type ByteCounters = (IntCounter, IntCounter);
@@ -77,7 +77,7 @@ where
         // least_time: the connect time feeds the backend's estimate; a failed connect counts
         // as one that took connect_timeout.
         let timer = TryTimer::start(pool.kind);
-        let open = upstream_tls::open(backend.addr, backend.tls(), preface);
+        let open = upstream::open(backend.addr, backend.tls(), preface);
         match tokio::time::timeout(pool.settings.connect_timeout, open).await {
             Ok(Ok(upstream)) => {
                 timer.succeeded(backend);

@@ -1,4 +1,5 @@
-//! Upstream connections: a small keep-alive pool of HTTP/1.1 connections per backend.
+//! Idle upstream connections: a small keep-alive pool of HTTP/1.1 connections per backend, and
+//! opening new ones.
 //!
 //! Two kinds of connection are kept: lb's own client's ([`H1Conn`], for bodiless requests, see
 //! `h1_client`) and hyper's (for requests with a body, and upgrades). For the latter we drive
@@ -13,29 +14,17 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{Either, Empty};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
-use prometheus::Histogram;
-
-use super::h1_client::{H1Conn, OwnBody};
-use super::upstream_tls::{self, BackendStream, OpenError};
-use crate::access_log::{AccessLog, HttpEntry};
-use crate::pool::InFlight;
+use super::body::UpBody;
+use super::connect::{self, BackendStream, OpenError};
+use super::h1_client::H1Conn;
 use crate::tls::UpstreamTls;
-
-/// Body of a request sent upstream: the client's streamed body (cut off at `max_body_bytes`),
-/// or nothing (so that a bodiless request can be rebuilt for a retry).
-pub type UpBody = Either<super::guard::ClientBody, Empty<Bytes>>;
 
 /// A ready-to-use upstream connection.
 pub type Sender = SendRequest<UpBody>;
@@ -184,7 +173,7 @@ pub enum ConnectError {
 /// Opens a connection to `addr` (over TLS when `tls` is set; connect and TLS handshake both
 /// within `timeout`).
 async fn open(addr: SocketAddr, tls: Option<&UpstreamTls>, timeout: Duration) -> Result<BackendStream, ConnectError> {
-    match tokio::time::timeout(timeout, upstream_tls::open(addr, tls, None)).await {
+    match tokio::time::timeout(timeout, connect::open(addr, tls, None)).await {
         Err(_) => Err(ConnectError::Timeout(addr)),
         Ok(Err(OpenError::Tls(e))) => Err(ConnectError::Tls(addr, e)),
         Ok(Err(OpenError::Connect(e) | OpenError::Preface(e))) => Err(ConnectError::Io(addr, e)),
@@ -213,140 +202,4 @@ pub async fn connect(addr: SocketAddr, tls: Option<&UpstreamTls>, timeout: Durat
         let _ = conn.with_upgrades().await;
     });
     Ok(sender)
-}
-
-/// Where a response body comes from: lb's own client's connection, or hyper's (with the
-/// connection to give back when the body ended).
-enum Source {
-    Own(OwnBody),
-    Hyper { body: Incoming, reuse: Option<Sender> },
-}
-
-/// The error a response body ends with when the backend failed mid-body.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A response body from a backend. It keeps the request counted in flight until the body has
-/// been passed on completely (or dropped), and gives the connection back to the backend's pool
-/// when the body ended cleanly.
-pub struct UpstreamBody {
-    source: Source,
-    in_flight: Option<InFlight>,
-    /// Where the request's duration goes, and when the request arrived.
-    observe: (Histogram, Instant),
-    /// Body bytes passed on so far (for the access log).
-    bytes: u64,
-    /// The access log line to write when the body ends: log, entry, status.
-    log: Option<Box<(Arc<AccessLog>, HttpEntry, u16)>>,
-}
-
-impl UpstreamBody {
-    /// A body read by hyper's client; `reuse` goes back to the pool at a clean end.
-    pub fn hyper(inner: Incoming, reuse: Option<Sender>, in_flight: InFlight, observe: (Histogram, Instant)) -> Self {
-        Self::new(Source::Hyper { body: inner, reuse }, in_flight, observe)
-    }
-
-    /// A body read by lb's own client.
-    pub fn own(inner: OwnBody, in_flight: InFlight, observe: (Histogram, Instant)) -> Self {
-        Self::new(Source::Own(inner), in_flight, observe)
-    }
-
-    fn new(source: Source, in_flight: InFlight, observe: (Histogram, Instant)) -> Self {
-        let mut body = UpstreamBody { source, in_flight: Some(in_flight), observe, bytes: 0, log: None };
-        if body.is_end_stream() {
-            body.finish(true);
-        }
-        body
-    }
-
-    /// Writes an access log line for this response once it has ended (at once if it already has).
-    pub fn log_at_end(&mut self, log: Arc<AccessLog>, entry: HttpEntry, status: u16) {
-        if self.in_flight.is_none() {
-            log.http(&entry, status, self.bytes);
-        } else {
-            self.log = Some(Box::new((log, entry, status)));
-        }
-    }
-
-    /// Runs once, when the body ended (cleanly or not) or was dropped unfinished.
-    fn finish(&mut self, clean: bool) {
-        if let Some(l) = self.log.take() {
-            let (log, entry, status) = *l;
-            log.http(&entry, status, self.bytes);
-        }
-        let Some(guard) = self.in_flight.take() else {
-            return;
-        };
-        self.observe.0.observe(self.observe.1.elapsed().as_secs_f64());
-        let backend = guard.backend();
-        match &mut self.source {
-            Source::Hyper { reuse, .. } => {
-                if let (true, Some(s)) = (clean, reuse.take()) {
-                    backend.conns().put(s, backend.transport_id());
-                }
-            }
-            Source::Own(body) => {
-                if let (true, Some(c)) = (clean, body.take_reusable()) {
-                    backend.conns().put_own(c, backend.transport_id());
-                }
-            }
-        }
-    }
-}
-
-impl Drop for UpstreamBody {
-    fn drop(&mut self) {
-        // The client went away before the end: count the request as done, do not reuse.
-        self.finish(false);
-    }
-}
-
-impl Body for UpstreamBody {
-    type Data = Bytes;
-    type Error = BodyError;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = &mut *self;
-        let res: Poll<Option<Result<Frame<Bytes>, BodyError>>> = match &mut this.source {
-            Source::Own(body) => match body.poll_data(cx) {
-                Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(Frame::data(data)))),
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-            Source::Hyper { body, .. } => match Pin::new(body).poll_frame(cx) {
-                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-                Poll::Ready(Some(Ok(f))) => Poll::Ready(Some(Ok(f))),
-                Poll::Ready(None) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            },
-        };
-        match &res {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.bytes += data.len() as u64;
-                }
-                if this.is_end_stream() {
-                    this.finish(true);
-                }
-            }
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Pending => {}
-        }
-        res
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.source {
-            Source::Own(body) => body.is_end(),
-            Source::Hyper { body, .. } => body.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.source {
-            Source::Own(body) => body.exact_len().map_or_else(SizeHint::default, SizeHint::with_exact),
-            Source::Hyper { body, .. } => body.size_hint(),
-        }
-    }
 }

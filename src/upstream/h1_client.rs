@@ -27,19 +27,17 @@ use http::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TR
 use http::{request, response, HeaderMap, Method, Response, StatusCode, Version};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
-use super::headers::{self, Forwarded};
-use super::upstream_tls::BackendStream;
+use super::connect::BackendStream;
+use crate::http1::headers::{self, Forwarded};
+use crate::http1::{
+    MAX_HEAD_BYTES as MAX_HEAD, MAX_RESPONSE_HEADERS as MAX_HEADERS, MAX_TRAILER_BYTES as MAX_TRAILERS,
+};
 
-/// Largest response head accepted from a backend (as for client heads).
-const MAX_HEAD: usize = 64 * 1024;
-/// Most headers accepted in a response head (hyper's default).
-const MAX_HEADERS: usize = 100;
 /// Most informational (1xx) answers taken before the final one: each costs a copy of what
 /// follows it in the buffer, and a backend could otherwise stream them until the timeout.
 const MAX_INFORMATIONAL: usize = 64;
-/// Longest chunk-size line (with extensions) or trailer section accepted.
+/// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 64 * 1024;
 /// Read sizes: small answers need one small buffer; a body that keeps filling it gets a larger
 /// one, up to the cap.
 const READ_MIN: usize = 8 * 1024;
