@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use lb::backend::{Backend, InFlight};
 use lb::balance::{hash_bytes, PickCtx};
 use lb::config::{BalanceFactor, HashKey, HashOptions, StrategyKind};
-use lb::pool::{Backend, InFlight, Pool, PoolSettings};
+use lb::pool::{Pool, PoolSettings};
 
 const SIZES: [usize; 4] = [2, 16, 256, 4096];
 

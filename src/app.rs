@@ -16,10 +16,11 @@ use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 
 use crate::access_log::{AccessLog, Target};
+use crate::backend::Backend;
 use crate::config::{self, Config, ListenerConfig, Mode, PoolConfig};
 use crate::health::{self, Monitor};
 use crate::metrics::Metrics;
-use crate::pool::{Backend, Pool, PoolHandle, PoolSettings, Route};
+use crate::pool::{Pool, PoolHandle, PoolSettings, Route};
 use crate::reload::Changes;
 use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;

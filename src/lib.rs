@@ -29,6 +29,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod backend;
 pub mod balance;
 pub mod config;
 pub mod health;

@@ -18,57 +18,14 @@ use arc_swap::ArcSwap;
 use prometheus::core::{Collector, Desc, MetricVec, MetricVecBuilder};
 use prometheus::proto::{Gauge as GaugeProto, LabelPair, Metric, MetricFamily, MetricType};
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::backend::metrics::{
+    CHECKS, CHECKS_HELP, DURATION, DURATION_BUCKETS, DURATION_HELP, IN_FLIGHT, IN_FLIGHT_HELP, IN_ROTATION,
+    IN_ROTATION_HELP, REQUESTS, REQUESTS_HELP, UP, UP_HELP,
+};
 use crate::pool::PoolHandle;
-
-/// Latency buckets for a proxy: sub-millisecond to a minute.
-pub const DURATION_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
-
-const REQUESTS: &str = "lb_requests_total";
-const REQUESTS_HELP: &str =
-    "Requests answered, by listener, pool, backend (\"\" when lb answered itself) and status code.";
-const DURATION: &str = "lb_request_duration_seconds";
-const DURATION_HELP: &str = "Time from receiving a request to the end of its response.";
-const UP: &str = "lb_backend_up";
-const UP_HELP: &str = "1 when the backend is up, 0 when its active check or live-traffic failures took it down.";
-const IN_ROTATION: &str = "lb_backend_in_rotation";
-const IN_ROTATION_HELP: &str =
-    "1 when new requests go to the backend: it is up, or it is down by live-traffic failures alone and nothing else in its pool is up.";
-const IN_FLIGHT: &str = "lb_backend_in_flight";
-const IN_FLIGHT_HELP: &str = "Requests (http) or sessions (tcp) in flight to the backend.";
-const CHECKS: &str = "lb_health_checks_total";
-const CHECKS_HELP: &str = "Active health check results.";
-
-/// The series of one backend; shared by every snapshot holding it and kept across reloads.
-#[derive(Debug, Clone)]
-pub struct BackendMetrics {
-    /// Labels: listener, code.
-    pub requests: IntCounterVec,
-    /// Labels: listener.
-    pub duration: HistogramVec,
-    pub checks_ok: IntCounter,
-    pub checks_failed: IntCounter,
-}
-
-impl Default for BackendMetrics {
-    fn default() -> Self {
-        // The names here are placeholders; the collector renames into the SPEC families.
-        BackendMetrics {
-            requests: IntCounterVec::new(Opts::new(REQUESTS, REQUESTS_HELP), &["listener", "code"])
-                .expect("static metric definition"),
-            duration: HistogramVec::new(
-                HistogramOpts::new(DURATION, DURATION_HELP).buckets(DURATION_BUCKETS.to_vec()),
-                &["listener"],
-            )
-            .expect("static metric definition"),
-            checks_ok: IntCounter::new(CHECKS, CHECKS_HELP).expect("static metric definition"),
-            checks_failed: IntCounter::new(CHECKS, CHECKS_HELP).expect("static metric definition"),
-        }
-    }
-}
 
 /// Every metric of the process.
 pub struct Metrics {

@@ -28,10 +28,10 @@ use prometheus::core::Collector;
 use serde::Serialize;
 use tokio::time::MissedTickBehavior;
 
+use crate::backend::Backend;
+use crate::backend::CheckResult;
 use crate::config::{Config, HealthConfig, HealthKind};
-use crate::health::CheckResult;
 use crate::metrics::Metrics;
-use crate::pool::Backend;
 use crate::shutdown::Signal;
 
 /// How often the page re-fetches `/status.json`.

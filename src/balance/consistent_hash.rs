@@ -61,9 +61,10 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
-use super::{Cursor, PickCtx, Strategy};
+use super::{BackendSet, PickCtx, Strategy};
+use crate::backend::Backend;
+use crate::backend::Cursor;
 use crate::config::{BalanceFactor, HashKey, HashOptions};
-use crate::pool::{Backend, Pool};
 
 /// Table sizes: primes, each about twice the previous. A pool of `n` configured backends uses
 /// the first one of at least `100 · n` (the Maglev paper's rule for even shares).
@@ -96,7 +97,7 @@ impl HashKey {
 /// Maglev lookup over the backends in rotation, optionally with bounded loads.
 #[derive(Debug)]
 pub struct ConsistentHash {
-    /// Slot → index into `pool.backends`. Empty when no backend is in rotation.
+    /// Slot → index into `set.backends`. Empty when no backend is in rotation.
     table: Vec<u32>,
     /// Sum of the weights of the backends in the table.
     total_weight: u64,
@@ -122,7 +123,13 @@ impl ConsistentHash {
 
     /// Walks the table from `start` (wrapping around) to the first backend not tried that has
     /// room under the bound.
-    fn bounded_walk(&self, pool: &Pool, start: usize, tried: &[usize], factor: BalanceFactor) -> Option<usize> {
+    fn bounded_walk(
+        &self,
+        set: &BackendSet<'_>,
+        start: usize,
+        tried: &[usize],
+        factor: BalanceFactor,
+    ) -> Option<usize> {
         // After this request: total + 1. Room means in_flight < c · (total + 1) · w / W, which
         // for whole numbers is the same as in_flight + 1 <= ceil(c · (total + 1) · w / W).
         let total = self.cursor.in_flight.load(Ordering::Relaxed) as u128 + 1;
@@ -136,7 +143,7 @@ impl ConsistentHash {
             if tried.contains(&index) {
                 continue;
             }
-            let backend = &pool.backends[index];
+            let backend = &set.backends[index];
             let (in_flight, weight) = (backend.in_flight() as u128, u128::from(backend.weight.max(1)));
             if in_flight * scale < allowance * weight {
                 return Some(index);
@@ -154,7 +161,7 @@ impl ConsistentHash {
 }
 
 impl Strategy for ConsistentHash {
-    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+    fn pick(&self, set: &BackendSet<'_>, ctx: &PickCtx<'_>) -> Option<usize> {
         let len = self.table.len();
         if len == 0 {
             return None;
@@ -169,11 +176,11 @@ impl Strategy for ConsistentHash {
         }
         // Every backend in rotation owns at least one slot, so a walk finds any untried one;
         // answer "all tried" at once instead of walking the whole table.
-        if tried.len() >= pool.up.len() && pool.up.iter().all(|index| tried.contains(index)) {
+        if tried.len() >= set.up.len() && set.up.iter().all(|index| tried.contains(index)) {
             return None;
         }
         match self.balance_factor {
-            Some(factor) => self.bounded_walk(pool, start, tried, factor),
+            Some(factor) => self.bounded_walk(set, start, tried, factor),
             None => {
                 let (before, after) = self.table.split_at(start);
                 after.iter().chain(before).map(|&index| index as usize).find(|index| !tried.contains(index))
@@ -318,7 +325,7 @@ mod tests {
 
     use super::*;
     use crate::config::StrategyKind;
-    use crate::pool::PoolSettings;
+    use crate::pool::{Pool, PoolSettings};
 
     fn backends(weights: &[u32]) -> Vec<Arc<Backend>> {
         weights

@@ -25,8 +25,9 @@ use std::sync::atomic::Ordering;
 use rand::RngExt;
 
 use super::round_robin::first_untried;
-use super::{Cursor, PickCtx, Strategy};
-use crate::pool::{Backend, Pool};
+use super::{BackendSet, PickCtx, Strategy};
+use crate::backend::Backend;
+use crate::backend::Cursor;
 
 /// Pools with more backends in rotation than this use power-of-two-choices.
 pub const FULL_SCAN_MAX: usize = 64;
@@ -43,16 +44,16 @@ impl LeastConnections {
     }
 
     /// O(n): the least-loaded untried backend, scanning from a rotating start.
-    fn full_scan(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
-        let start = self.cursor.position.fetch_add(1, Ordering::Relaxed) % pool.up.len();
+    fn full_scan(&self, set: &BackendSet<'_>, tried: &[usize]) -> Option<usize> {
+        let start = self.cursor.position.fetch_add(1, Ordering::Relaxed) % set.up.len();
         // Two slices instead of `% len` per step: the scan is the whole cost of this pick.
-        let (before, after) = pool.up.split_at(start);
+        let (before, after) = set.up.split_at(start);
         let mut best: Option<(usize, Load)> = None;
         for &index in after.iter().chain(before) {
             if tried.contains(&index) {
                 continue;
             }
-            let load = Load::of(&pool.backends[index]);
+            let load = Load::of(&set.backends[index]);
             // Strictly less: on ties the earlier one in scan order, i.e. the rotating start, wins.
             if best.is_none_or(|(_, best_load)| load.is_less_than(best_load)) {
                 best = Some((index, load));
@@ -62,8 +63,8 @@ impl LeastConnections {
     }
 
     /// O(1) expected: the less loaded of two distinct random untried backends.
-    fn two_choices(pool: &Pool, tried: &[usize]) -> Option<usize> {
-        let up = &pool.up;
+    fn two_choices(set: &BackendSet<'_>, tried: &[usize]) -> Option<usize> {
+        let up = &set.up;
         let mut rng = rand::rng();
         // Two distinct positions: the second is drawn from the other n - 1.
         let first_position = rng.random_range(0..up.len());
@@ -75,24 +76,24 @@ impl LeastConnections {
         // Walking on past tried backends may land on `first` again; skip it too.
         let (before, after) = up.split_at(second_position);
         let second = after.iter().chain(before).copied().find(|&index| index != first && !tried.contains(&index));
-        let first_load = Load::of(&pool.backends[first]);
+        let first_load = Load::of(&set.backends[first]);
         match second {
-            Some(second) if Load::of(&pool.backends[second]).is_less_than(first_load) => Some(second),
+            Some(second) if Load::of(&set.backends[second]).is_less_than(first_load) => Some(second),
             _ => Some(first),
         }
     }
 }
 
 impl Strategy for LeastConnections {
-    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+    fn pick(&self, set: &BackendSet<'_>, ctx: &PickCtx<'_>) -> Option<usize> {
         let tried = ctx.tried;
-        if pool.up.is_empty() {
+        if set.up.is_empty() {
             return None;
         }
-        if pool.up.len() <= FULL_SCAN_MAX {
-            self.full_scan(pool, tried)
+        if set.up.len() <= FULL_SCAN_MAX {
+            self.full_scan(set, tried)
         } else {
-            Self::two_choices(pool, tried)
+            Self::two_choices(set, tried)
         }
     }
 }
@@ -120,11 +121,12 @@ impl Load {
 mod tests {
 
     use super::*;
-    use crate::balance::StrategyKind;
-    use crate::pool::InFlight;
+    use crate::backend::InFlight;
+    use crate::config::StrategyKind;
+    use crate::pool::Pool;
 
     fn pool(weights: &[u32], up: Vec<usize>) -> Pool {
-        crate::balance::test_pool(StrategyKind::LeastConnections, weights, up)
+        crate::balance::tests::test_pool(StrategyKind::LeastConnections, weights, up)
     }
 
     fn all_up(weights: &[u32]) -> Pool {

@@ -3,26 +3,8 @@
 //!
 //! # The estimate
 //!
-//! Each backend keeps a [`LatencyEstimate`] in its shared state (so it survives snapshots and
-//! reloads), fed by the proxies: in http mode the time from the start of a try to the response
-//! head, in tcp mode the time to connect. It is a peak EWMA (Finagle's and linkerd's): a sample
-//! slower than the current estimate replaces it at once, so a backend that slows down is avoided
-//! at once; a faster sample is blended in with weight `1 − e^(−Δt/τ)`, `Δt` being the time since
-//! the previous sample and `τ` = [`DECAY`] (10 s), so it takes a while of good answers to be
-//! trusted again. Between samples the estimate decays towards zero with the same `τ`: a backend
-//! that gets no traffic looks a little faster every second until it is the best choice again
-//! and its next answer says how it really does. That is how a backend that was slow (or
-//! failing) comes back towards the others instead of being shunned forever.
-//!
-//! # Errors count as slow
-//!
-//! A failed try (connect error, reset, timeout, or a 5xx answer) is a sample as slow as the
-//! pool's timeout (`request_timeout` in http mode, `connect_timeout` in tcp mode), so that a
-//! backend failing *fast* never looks fast. It is blended in like a faster sample rather than
-//! taken as a peak: one stray error on a busy, healthy backend moves its estimate by
-//! `timeout · Δt/τ` (little, since `Δt` is short), while a backend failing every request is
-//! pushed above the others within the first few milliseconds' worth of its traffic. The
-//! estimate thus tends to the expected cost of a request with a failure priced at the timeout.
+//! Each backend's [`crate::backend::latency::LatencyEstimate`] (a peak EWMA, see there), fed by
+//! the proxies; a failed try counts as a try as slow as the pool's timeout.
 //!
 //! # The pick
 //!
@@ -47,138 +29,18 @@
 //! update. Decayed to any common instant `now`, every backend's estimate is
 //! `exp(stored − now/τ)`; `now` cancels out of every comparison, and so does the decay.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use rand::RngExt;
 
 use super::round_robin::first_untried;
-use super::{Cursor, PickCtx, Strategy, StrategyKind};
-use crate::pool::{Backend, Pool};
+use super::{BackendSet, PickCtx, Strategy};
+use crate::backend::Backend;
+use crate::backend::Cursor;
 
 /// Pools with more backends in rotation than this use power-of-two-choices.
 pub const FULL_SCAN_MAX: usize = 16;
-
-/// Time constant of the estimate's decay and of the weight of faster samples.
-pub const DECAY: Duration = Duration::from_secs(10);
-
-const TAU: f64 = DECAY.as_secs_f64();
-
-/// Samples are clamped to at least this (seconds), so the logarithm is finite.
-const MIN_SAMPLE: f64 = 1e-6;
-
-/// The stored value before the first sample.
-const UNSAMPLED: u64 = f64::NEG_INFINITY.to_bits();
-
-/// The origin of the stored times (seconds since the first use in this process).
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn seconds(at: Instant) -> f64 {
-    at.saturating_duration_since(epoch()).as_secs_f64()
-}
-
-/// A backend's peak-EWMA response time. Lock-free: two atomics, updated with a CAS loop on
-/// the estimate; a pick only loads it.
-#[derive(Debug)]
-pub struct LatencyEstimate {
-    /// `ln(estimate in seconds) + updated / τ` as `f64` bits; −∞ before the first sample.
-    log_cost: AtomicU64,
-    /// Time of the last update, in seconds since [`epoch`], as `f64` bits.
-    updated: AtomicU64,
-}
-
-impl Default for LatencyEstimate {
-    fn default() -> Self {
-        LatencyEstimate { log_cost: AtomicU64::new(UNSAMPLED), updated: AtomicU64::new(0f64.to_bits()) }
-    }
-}
-
-impl LatencyEstimate {
-    /// Records an answer that took `latency`.
-    pub fn observe(&self, latency: Duration) {
-        self.observe_at(Instant::now(), latency, false);
-    }
-
-    /// Records a failed try, priced at `penalty` (the timeout it stands for).
-    pub fn observe_failure(&self, penalty: Duration) {
-        self.observe_at(Instant::now(), penalty, true);
-    }
-
-    /// The estimate as of `now`; `None` before the first sample.
-    pub fn estimate_at(&self, now: Instant) -> Option<Duration> {
-        let log = self.log_cost()?;
-        Some(Duration::from_secs_f64((log - seconds(now) / TAU).exp().min(1e9)))
-    }
-
-    /// The estimate as of now; `None` before the first sample.
-    pub fn estimate(&self) -> Option<Duration> {
-        self.estimate_at(Instant::now())
-    }
-
-    /// `ln(estimate) + t/τ`: comparable between backends without reading the clock.
-    fn log_cost(&self) -> Option<f64> {
-        Some(f64::from_bits(self.log_cost.load(Ordering::Relaxed))).filter(|log| log.is_finite())
-    }
-
-    fn observe_at(&self, now: Instant, sample: Duration, failure: bool) {
-        let t = seconds(now);
-        let sample = sample.as_secs_f64().max(MIN_SAMPLE);
-        let mut current = self.log_cost.load(Ordering::Acquire);
-        loop {
-            let log = f64::from_bits(current);
-            let estimate = if log.is_finite() {
-                let decayed = (log - t / TAU).exp();
-                if !failure && sample > decayed {
-                    sample // the peak: slower answers count at once
-                } else {
-                    let since = (t - f64::from_bits(self.updated.load(Ordering::Relaxed))).max(0.0);
-                    decayed + sample * (1.0 - (-since / TAU).exp())
-                }
-            } else {
-                sample
-            };
-            let next = (estimate.max(MIN_SAMPLE).ln() + t / TAU).to_bits();
-            match self.log_cost.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => {
-                    // A racing update may pair its estimate with this time or the other way
-                    // round; either is off by the microseconds between them.
-                    self.updated.store(t.to_bits(), Ordering::Relaxed);
-                    return;
-                }
-                Err(actual) => current = actual,
-            }
-        }
-    }
-}
-
-/// Times one try at a backend and feeds the result to its estimate; inert (no clock read) in
-/// pools whose strategy is not `least_time`.
-#[derive(Debug, Clone, Copy)]
-pub struct TryTimer(Option<Instant>);
-
-impl TryTimer {
-    pub fn start(kind: StrategyKind) -> Self {
-        TryTimer((kind == StrategyKind::LeastTime).then(Instant::now))
-    }
-
-    /// The backend answered (http: the response head arrived; tcp: connected).
-    pub fn succeeded(&self, backend: &Backend) {
-        if let Some(started) = self.0 {
-            backend.latency().observe(started.elapsed());
-        }
-    }
-
-    /// The try failed; it counts as a try that took `penalty`.
-    pub fn failed(&self, backend: &Backend, penalty: Duration) {
-        if self.0.is_some() {
-            backend.latency().observe_failure(penalty);
-        }
-    }
-}
 
 /// In-flight counts below this have their `ln(in_flight + 1)` looked up rather than computed.
 const LN_TABLE: usize = 64;
@@ -187,7 +49,7 @@ const LN_TABLE: usize = 64;
 #[derive(Debug)]
 pub struct LeastTime {
     cursor: Cursor,
-    /// `ln(weight)` per index into `pool.backends`.
+    /// `ln(weight)` per index into `set.backends`.
     log_weight: Vec<f64>,
     /// `ln(in_flight + 1)` for small counts: a logarithm per candidate would double the cost
     /// of a scan.
@@ -203,8 +65,8 @@ impl LeastTime {
         }
     }
 
-    fn candidate(&self, pool: &Pool, index: usize) -> Candidate {
-        let backend = &pool.backends[index];
+    fn candidate(&self, set: &BackendSet<'_>, index: usize) -> Candidate {
+        let backend = &set.backends[index];
         let in_flight = backend.in_flight();
         let queue = self.ln_queue.get(in_flight).copied().unwrap_or_else(|| (in_flight as f64).ln_1p());
         Candidate {
@@ -215,21 +77,21 @@ impl LeastTime {
     }
 
     /// O(n): the cheapest untried backend, scanning from a rotating start.
-    fn full_scan(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
-        let start = self.cursor.position.fetch_add(1, Ordering::Relaxed) % pool.up.len();
-        let (before, after) = pool.up.split_at(start);
+    fn full_scan(&self, set: &BackendSet<'_>, tried: &[usize]) -> Option<usize> {
+        let start = self.cursor.position.fetch_add(1, Ordering::Relaxed) % set.up.len();
+        let (before, after) = set.up.split_at(start);
         let mut choice = Choice::default();
         for &index in after.iter().chain(before) {
             if !tried.contains(&index) {
-                choice.offer(self.candidate(pool, index));
+                choice.offer(self.candidate(set, index));
             }
         }
         choice.best()
     }
 
     /// O(1) expected: the cheaper of two distinct random untried backends.
-    fn two_choices(&self, pool: &Pool, tried: &[usize]) -> Option<usize> {
-        let up = &pool.up;
+    fn two_choices(&self, set: &BackendSet<'_>, tried: &[usize]) -> Option<usize> {
+        let up = &set.up;
         let mut rng = rand::rng();
         let first_position = rng.random_range(0..up.len());
         let mut second_position = rng.random_range(0..up.len() - 1);
@@ -240,23 +102,23 @@ impl LeastTime {
         let (before, after) = up.split_at(second_position);
         let second = after.iter().chain(before).copied().find(|&index| index != first && !tried.contains(&index));
         let mut choice = Choice::default();
-        choice.offer(self.candidate(pool, first));
+        choice.offer(self.candidate(set, first));
         if let Some(second) = second {
-            choice.offer(self.candidate(pool, second));
+            choice.offer(self.candidate(set, second));
         }
         choice.best()
     }
 }
 
 impl Strategy for LeastTime {
-    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
-        if pool.up.is_empty() {
+    fn pick(&self, set: &BackendSet<'_>, ctx: &PickCtx<'_>) -> Option<usize> {
+        if set.up.is_empty() {
             return None;
         }
-        if pool.up.len() <= FULL_SCAN_MAX {
-            self.full_scan(pool, ctx.tried)
+        if set.up.len() <= FULL_SCAN_MAX {
+            self.full_scan(set, ctx.tried)
         } else {
-            self.two_choices(pool, ctx.tried)
+            self.two_choices(set, ctx.tried)
         }
     }
 }
@@ -316,12 +178,17 @@ impl Choice {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pool::InFlight;
+    use std::time::{Duration, Instant};
+
+    use crate::backend::latency::{epoch, LatencyEstimate, TryTimer, TAU};
+    use crate::backend::InFlight;
+    use crate::config::StrategyKind;
+    use crate::pool::Pool;
 
     const MS: Duration = Duration::from_millis(1);
 
     fn pool(weights: &[u32], up: Vec<usize>) -> Pool {
-        crate::balance::test_pool(StrategyKind::LeastTime, weights, up)
+        crate::balance::tests::test_pool(StrategyKind::LeastTime, weights, up)
     }
 
     fn all_up(weights: &[u32]) -> Pool {

@@ -1,8 +1,10 @@
-//! Balancing strategies: given a [`Pool`] snapshot, choose a backend.
+//! Balancing strategies: given a pool snapshot's backends and which of them are in rotation
+//! ([`BackendSet`]), choose one.
 //!
 //! A strategy is built per snapshot by [`build`] (so it can precompute from exactly the set of
 //! backends in rotation) and holds only its own cursor, RNG or precomputed table; health,
-//! weights, load and latency are read from the snapshot's backends. `pick` never blocks and
+//! weights, load and latency are read from the backends it is handed (as pingora's
+//! `BackendSelection` is built over the backend set alone). `pick` never blocks and
 //! takes no lock. What a strategy may know about the request is in [`PickCtx`]: the backends
 //! already tried (failover asks again and the strategy walks on from its choice) and, for
 //! `consistent_hash`, the hash of the request's key.
@@ -15,17 +17,16 @@ mod round_robin;
 mod weighted;
 
 use std::net::IpAddr;
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use http::{HeaderMap, Uri};
 
+use crate::backend::{Backend, Cursor};
 use crate::config::StrategyKind;
-use crate::pool::{Backend, Pool};
 
 pub use consistent_hash::{hash_bytes, hash_ip, ConsistentHash, MAX_PROBES};
 pub use least_connections::LeastConnections;
-pub use least_time::{LatencyEstimate, LeastTime, TryTimer};
+pub use least_time::LeastTime;
 pub use random::Random;
 pub use round_robin::RoundRobin;
 pub use weighted::Weighted;
@@ -52,28 +53,18 @@ impl StrategyKind {
     }
 }
 
-/// The name alone for most strategies; `consistent_hash` shows its options too, so that the
-/// reload summary says what changed when only they did.
-
-/// State shared by successive snapshots of the same pool (as long as its strategy stays).
-#[derive(Debug, Default)]
-pub struct CursorState {
-    /// Rotation position: round_robin's turn, weighted's place in its schedule, the rotating
-    /// start of least_connections' and least_time's scans.
-    pub position: AtomicUsize,
-    /// Requests (http) or sessions (tcp) in flight in the whole pool. Counted only for
-    /// `consistent_hash` with `hash_balance_factor`, whose load bound compares a backend with
-    /// the pool's average (see [`Pool::acquire`]); zero otherwise.
-    pub in_flight: AtomicUsize,
+/// What a strategy picks from: every backend of a snapshot (strategies return indices into
+/// `backends`) and the ascending indices of those in rotation.
+#[derive(Debug, Clone, Copy)]
+pub struct BackendSet<'a> {
+    pub backends: &'a [Arc<Backend>],
+    pub up: &'a [usize],
 }
-
-/// Rotation and load state shared by successive snapshots of the same pool.
-pub type Cursor = Arc<CursorState>;
 
 /// What a strategy knows about the request (or TCP session) it picks for.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PickCtx<'a> {
-    /// Indices (into `pool.backends`) already tried for this request, in order; empty on the
+    /// Indices (into `set.backends`) already tried for this request, in order; empty on the
     /// first try. Tiny, so a linear `contains` beats any set.
     pub tried: &'a [usize],
     /// Hash of the request's key; `Some` only for `consistent_hash` (see
@@ -95,9 +86,9 @@ impl<'a> PickCtx<'a> {
 
 /// Chooses one backend of a snapshot.
 pub trait Strategy: Send + Sync {
-    /// Returns an index into `pool.backends` that is in `pool.up` and not in `ctx.tried`, or
-    /// `None` when every backend in rotation has been tried. `pool.up` is never empty here.
-    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize>;
+    /// Returns an index into `set.backends` that is in `set.up` and not in `ctx.tried`, or
+    /// `None` when every backend in rotation has been tried. `set.up` is never empty here.
+    fn pick(&self, set: &BackendSet<'_>, ctx: &PickCtx<'_>) -> Option<usize>;
 }
 
 /// Builds the strategy for one snapshot: `backends` is the whole pool, `up` the ascending indices
@@ -113,21 +104,26 @@ pub fn build(kind: StrategyKind, backends: &[Arc<Backend>], up: &[usize], cursor
     }
 }
 
-/// A pool of test backends `b0, b1, ...` on 127.0.0.1:1 with the given weights; `up` lists
-/// the indices in rotation. Shared by the strategies' unit tests.
+/// What the strategies' unit tests share (`pub(crate)` so that each strategy's tests use it).
 #[cfg(test)]
-pub(crate) fn test_pool(kind: StrategyKind, weights: &[u32], up: Vec<usize>) -> Pool {
-    use crate::pool::PoolSettings;
-    let backends = weights
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().expect("literal address"), w)))
-        .collect();
-    let settings = PoolSettings {
-        connect_timeout: std::time::Duration::from_secs(1),
-        request_timeout: std::time::Duration::from_secs(1),
-        retries: 2,
-        ..Default::default()
-    };
-    Pool::new("test".into(), backends, up, kind, Arc::new(settings), Cursor::default())
+mod tests {
+    use super::*;
+
+    /// A pool of test backends `b0, b1, ...` on 127.0.0.1:1 with the given weights; `up` lists
+    /// the indices in rotation. Shared by the strategies' unit tests.
+    pub(crate) fn test_pool(kind: StrategyKind, weights: &[u32], up: Vec<usize>) -> crate::pool::Pool {
+        use crate::pool::{Pool, PoolSettings};
+        let backends = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| Arc::new(Backend::new(format!("b{i}"), "127.0.0.1:1".parse().expect("literal address"), w)))
+            .collect();
+        let settings = PoolSettings {
+            connect_timeout: std::time::Duration::from_secs(1),
+            request_timeout: std::time::Duration::from_secs(1),
+            retries: 2,
+            ..Default::default()
+        };
+        Pool::new("test".into(), backends, up, kind, Arc::new(settings), Cursor::default())
+    }
 }

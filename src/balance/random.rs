@@ -1,15 +1,14 @@
 //! `random`: a uniform choice among the backends in rotation that were not tried yet.
 //!
 //! Uses the thread-local RNG (`rand::rng()`): no shared state between threads, no lock and no
-//! allocation per pick. Without failover one random index into `pool.up` is drawn. With `tried`,
+//! allocation per pick. Without failover one random index into `set.up` is drawn. With `tried`,
 //! the candidates left are counted and the k-th of them is taken for a uniform k, which keeps the
 //! choice exactly uniform over the untried backends (walking on from a random start would favour
 //! the backend right after a tried one). That path is O(up · tried), taken only on failover.
 
 use rand::RngExt;
 
-use super::{PickCtx, Strategy};
-use crate::pool::Pool;
+use super::{BackendSet, PickCtx, Strategy};
 
 /// Uniform random choice; holds no state of its own.
 #[derive(Debug, Default)]
@@ -22,9 +21,9 @@ impl Random {
 }
 
 impl Strategy for Random {
-    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+    fn pick(&self, set: &BackendSet<'_>, ctx: &PickCtx<'_>) -> Option<usize> {
         let tried = ctx.tried;
-        let up = &pool.up;
+        let up = &set.up;
         if up.is_empty() {
             return None;
         }
@@ -45,11 +44,12 @@ impl Strategy for Random {
 mod tests {
 
     use super::*;
-    use crate::balance::StrategyKind;
+    use crate::config::StrategyKind;
+    use crate::pool::Pool;
 
     fn pool(size: usize, up: Vec<usize>) -> Pool {
         let weights: Vec<u32> = (1..=size as u32).collect();
-        crate::balance::test_pool(StrategyKind::Random, &weights, up)
+        crate::balance::tests::test_pool(StrategyKind::Random, &weights, up)
     }
 
     fn counts(pool: &Pool, tried: &[usize], picks: usize) -> Vec<usize> {

@@ -2,7 +2,7 @@
 //!
 //! Every pick takes the next position of the pool's shared [`Cursor`] (`fetch_add`, relaxed: the
 //! counter only has to hand out distinct positions, it orders nothing else) and maps it onto
-//! `pool.up`. Hence the promise: over k·N picks each of k backends gets N ± 1, exactly N when the
+//! `set.up`. Hence the promise: over k·N picks each of k backends gets N ± 1, exactly N when the
 //! cursor starts fresh; concurrent requests simply take consecutive positions.
 //!
 //! Failover (`tried` non-empty) also takes a position and then walks on from it to the next
@@ -14,10 +14,10 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{Cursor, PickCtx, Strategy};
-use crate::pool::Pool;
+use super::{BackendSet, PickCtx, Strategy};
+use crate::backend::Cursor;
 
-/// Strict rotation over `pool.up`.
+/// Strict rotation over `set.up`.
 #[derive(Debug)]
 pub struct RoundRobin {
     cursor: Cursor,
@@ -30,10 +30,10 @@ impl RoundRobin {
 }
 
 impl Strategy for RoundRobin {
-    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+    fn pick(&self, set: &BackendSet<'_>, ctx: &PickCtx<'_>) -> Option<usize> {
         let tried = ctx.tried;
         let position = self.cursor.position.fetch_add(1, Ordering::Relaxed);
-        first_untried(&pool.up, position, tried)
+        first_untried(&set.up, position, tried)
     }
 }
 
@@ -54,10 +54,11 @@ pub(super) fn first_untried(candidates: &[usize], start: usize, tried: &[usize])
 mod tests {
 
     use super::*;
-    use crate::balance::StrategyKind;
+    use crate::config::StrategyKind;
+    use crate::pool::Pool;
 
     fn pool(weights: &[u32], up: Vec<usize>) -> Pool {
-        crate::balance::test_pool(StrategyKind::RoundRobin, weights, up)
+        crate::balance::tests::test_pool(StrategyKind::RoundRobin, weights, up)
     }
 
     fn counts(pool: &Pool, picks: usize) -> Vec<usize> {

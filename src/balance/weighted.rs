@@ -32,8 +32,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{Cursor, PickCtx, Strategy};
-use crate::pool::{Backend, Pool};
+use super::{BackendSet, PickCtx, Strategy};
+use crate::backend::Backend;
+use crate::backend::Cursor;
 
 /// Upper bound for the schedule's length (4 MiB of `u32`), reached only by extreme pools.
 pub const MAX_SCHEDULE_LEN: u64 = 1 << 20;
@@ -60,7 +61,7 @@ impl Weighted {
 }
 
 impl Strategy for Weighted {
-    fn pick(&self, pool: &Pool, ctx: &PickCtx<'_>) -> Option<usize> {
+    fn pick(&self, set: &BackendSet<'_>, ctx: &PickCtx<'_>) -> Option<usize> {
         let tried = ctx.tried;
         let len = self.schedule.len();
         if len == 0 {
@@ -72,7 +73,7 @@ impl Strategy for Weighted {
         }
         // Fewer tried than up means some up backend is untried (pigeonhole); otherwise check
         // exactly, so that "all tried" answers at once instead of walking a whole period.
-        if tried.len() >= pool.up.len() && pool.up.iter().all(|index| tried.contains(index)) {
+        if tried.len() >= set.up.len() && set.up.iter().all(|index| tried.contains(index)) {
             return None;
         }
         let (before, after) = self.schedule.split_at(start);
@@ -163,10 +164,11 @@ fn smooth_schedule(indices: &[u32], weights: &[u64]) -> Vec<u32> {
 mod tests {
 
     use super::*;
-    use crate::balance::StrategyKind;
+    use crate::config::StrategyKind;
+    use crate::pool::Pool;
 
     fn pool(weights: &[u32], up: Vec<usize>) -> Pool {
-        crate::balance::test_pool(StrategyKind::Weighted, weights, up)
+        crate::balance::tests::test_pool(StrategyKind::Weighted, weights, up)
     }
 
     fn all_up(weights: &[u32]) -> Pool {

@@ -12,7 +12,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use prometheus::Histogram;
 
 use crate::access_log::{AccessLog, HttpEntry};
-use crate::pool::InFlight;
+use crate::backend::InFlight;
 use crate::upstream::h1_client::OwnBody;
 use crate::upstream::Sender;
 

@@ -24,10 +24,11 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
-use crate::balance::{PickCtx, TryTimer};
+use crate::backend::{Backend, InFlight, TryTimer};
+use crate::balance::PickCtx;
 use crate::health;
 use crate::metrics::Metrics;
-use crate::pool::{Backend, InFlight, Route};
+use crate::pool::Route;
 use crate::shutdown::Signal;
 
 use super::guard;
