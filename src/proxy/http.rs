@@ -23,7 +23,7 @@ use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
 use tokio::time::{timeout_at, Instant};
 
-use super::guard;
+use super::limits;
 use super::local;
 use super::response_body::{BodyError, UpstreamBody};
 use crate::access_log::{AccessLog, HttpEntry};
@@ -51,7 +51,7 @@ pub struct HttpProxy {
     /// This listener's access log, when it has one.
     pub access_log: Option<Arc<AccessLog>>,
     /// `max_uri_bytes` and `max_body_bytes`, checked before anything is forwarded.
-    pub limits: guard::Limits,
+    pub limits: limits::Limits,
     /// The listener's `idle_timeout`: an upgraded tunnel (WebSocket) with no byte either way
     /// for this long is closed.
     pub tunnel_idle: std::time::Duration,
@@ -152,7 +152,7 @@ impl HttpProxy {
     ) -> (Response<RespBody>, Option<Arc<Backend>>) {
         // Hostile or oversized requests are answered here, before any backend sees a byte.
         let version = req.version();
-        if let Err(refusal) = guard::check(&req, &self.limits) {
+        if let Err(refusal) = limits::check(&req, &self.limits) {
             return (refusal.response(version), None);
         }
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
@@ -170,7 +170,7 @@ impl HttpProxy {
         let mut hosts = parts.headers.get_all(HOST).iter();
         let (first_host, more_hosts) = (hosts.next().cloned(), hosts.next().is_some());
         if more_hosts {
-            return (guard::Refusal::DuplicateHost.response(version), None);
+            return (limits::Refusal::DuplicateHost.response(version), None);
         }
         let host = match authority {
             Some(a) => {
@@ -184,9 +184,9 @@ impl HttpProxy {
         // RFC 9112 §3.2: an HTTP/1.1 request names its host; an empty or malformed one is
         // refused rather than guessed at (the authority form was checked by the URI parser).
         match &host {
-            None if version == Version::HTTP_11 => return (guard::Refusal::MissingHost.response(version), None),
-            Some(h) if !guard::valid_host(h.as_bytes()) => {
-                return (guard::Refusal::InvalidHost.response(version), None)
+            None if version == Version::HTTP_11 => return (limits::Refusal::MissingHost.response(version), None),
+            Some(h) if !limits::valid_host(h.as_bytes()) => {
+                return (limits::Refusal::InvalidHost.response(version), None)
             }
             _ => {}
         }
@@ -326,7 +326,7 @@ impl HttpProxy {
                     match failure {
                         TryFailure::Connect(e) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "backend connect failed");
-                            if !guard::out_of_descriptors(&e) {
+                            if !limits::out_of_descriptors(&e) {
                                 health::passive_failure(pool, backend, "connect failed");
                             }
                         }
@@ -339,7 +339,7 @@ impl HttpProxy {
                             continue;
                         }
                         TryFailure::Sent { error, stale } => {
-                            if let Some(refusal) = guard::client_fault(&*error) {
+                            if let Some(refusal) = limits::client_fault(&*error) {
                                 // The client's body broke off or outgrew max_body_bytes: the
                                 // client's fault, not the backend's, and nothing to retry.
                                 tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "request body failed");

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::pool::Route;
 use crate::shutdown::Signal;
 
-use super::guard;
+use super::limits;
 use crate::proxy_protocol::Addresses;
 use crate::upstream::{self, BackendStream, OpenError, Preface};
 
@@ -98,8 +98,8 @@ where
             }
             Ok(Err(e)) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "tcp backend connect failed");
-                // lb out of descriptors is not the backend's fault (see guard::out_of_descriptors).
-                let exhausted = matches!(&e, OpenError::Connect(err) if guard::io_out_of_descriptors(err));
+                // lb out of descriptors is not the backend's fault (see limits::out_of_descriptors).
+                let exhausted = matches!(&e, OpenError::Connect(err) if limits::io_out_of_descriptors(err));
                 if !exhausted {
                     health::passive_failure(&pool, backend, e.reason());
                 }

@@ -119,7 +119,7 @@ impl ConnPool {
     }
 
     /// Returns a connection whose last exchange completed. `transport` is what it was opened
-    /// as ([`crate::pool::Backend::transport_id`] of the backend it was opened for); a connection opened
+    /// as ([`crate::backend::Backend::transport_id`] of the backend it was opened for); a connection opened
     /// before a reload changed the backend's TLS settings is closed instead of kept.
     pub fn put(&self, s: Sender, transport: u64) {
         if s.is_closed() || transport != self.transport.load(Ordering::Relaxed) {

@@ -9,11 +9,11 @@
 //! client that advertises a zero window, or stops granting more, yet keeps answering PINGs),
 //! hyper's `PipeToSendStream` holds the chunk it last took and waits in h2's `poll_capacity`
 //! without polling the body again, so a timer inside the body would never be looked at. The
-//! connection's own stall check (writes to the socket blocking, see `guard::Activity`) does not
+//! connection's own stall check (writes to the socket blocking, see `limits::Activity`) does not
 //! see it either: the client reads the socket, it only withholds flow-control credit.
 //!
 //! So the body only notes on the clock when it hands hyper a chunk and when hyper comes back for
-//! more (see `guard::ActiveBody`), which costs two atomic stores per chunk. The wrapper is polled
+//! more (see `limits::ActiveBody`), which costs two atomic stores per chunk. The wrapper is polled
 //! whenever the stream's task is, and by a timer of its own that is armed only while a chunk
 //! waits (re-armed at most once per `idle_timeout`, not per chunk). Once a chunk has waited
 //! `idle_timeout`, the wrapper ends the task: hyper's stream future is dropped with the response

@@ -31,7 +31,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::guard::Activity;
+use super::deadlines::Activity;
 use super::h2_flood::FloodMeter;
 use crate::http1::framing::{Refusal, Scan, Scanner};
 
@@ -322,7 +322,7 @@ mod tests {
     }
 
     use super::*;
-    use crate::proxy::guard::{ConnTimeouts, Expired};
+    use crate::server::deadlines::{ConnTimeouts, Expired};
     use std::time::Duration;
 
     /// A client that sends `head` and then nothing, and never reads.

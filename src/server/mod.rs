@@ -4,6 +4,11 @@
 //! What can change on reload is reached through `ArcSwap`s: the listener's route (which pool it
 //! balances over) is loaded per request, the connection settings per accepted connection.
 
+pub mod checked_stream;
+pub mod deadlines;
+pub mod h2_flood;
+pub mod h2_stream;
+
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -27,14 +32,14 @@ use crate::access_log::AccessLog;
 use crate::config::{ListenerConfig, Mode};
 use crate::metrics::Metrics;
 use crate::pool::Route;
-use crate::proxy::checked_stream::CheckedStream;
-use crate::proxy::guard::{self, Activity, ConnTimeouts, Expired};
-use crate::proxy::h2_stream::StreamExec;
-use crate::proxy::{tcp, HttpProxy};
+use crate::proxy::{limits, tcp, HttpProxy};
 use crate::proxy_protocol;
 use crate::shutdown::Signal;
 
 use crate::http1::MAX_HEAD_BYTES;
+use checked_stream::CheckedStream;
+use deadlines::{Activity, ConnTimeouts, Expired};
+use h2_stream::StreamExec;
 
 /// Pending connections the kernel may queue beyond `max_connections`.
 const BACKLOG: u32 = 4096;
@@ -65,7 +70,7 @@ pub struct ListenerRuntime {
     /// Time to the first request, and how long a connection may sit without one.
     timeouts: ConnTimeouts,
     /// Header lines allowed per HTTP/1 request head (more: `431`, answered by lb on the byte
-    /// stream; HTTP/2 requests are held to it by `guard::check`).
+    /// stream; HTTP/2 requests are held to it by `limits::check`).
     max_headers: usize,
 }
 
@@ -108,7 +113,7 @@ impl ListenerRuntime {
             scheme,
             metrics: metrics.clone(),
             access_log: access_log.clone(),
-            limits: guard::Limits {
+            limits: limits::Limits {
                 max_uri_bytes: cfg.max_uri_bytes,
                 max_body_bytes: cfg.max_body_bytes,
                 max_headers: cfg.max_headers,
