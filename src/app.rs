@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use rustls::ServerConfig;
 
 use crate::access_log::{AccessLog, Target};
+use crate::admin::status::{SharedTopology, Topology};
 use crate::backend::Backend;
 use crate::config::{self, Config, ListenerConfig, Mode, PoolConfig};
 use crate::health::{self, Monitor};
@@ -24,7 +25,6 @@ use crate::pool::{Pool, PoolHandle, PoolSettings, Route};
 use crate::reload::Changes;
 use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;
-use crate::status::{SharedTopology, Topology};
 use crate::tls::UpstreamTls;
 use crate::workers::{self, Workers};
 

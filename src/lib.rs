@@ -41,7 +41,6 @@ pub mod proxy_protocol;
 pub mod reload;
 pub mod server;
 pub mod shutdown;
-pub mod status;
 pub mod tls;
 pub mod upstream;
 pub mod workers;

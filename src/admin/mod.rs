@@ -8,6 +8,8 @@
 //! between requests, is closed. At most [`MAX_CONNECTIONS`] are served at once; more wait in
 //! the kernel's backlog, so idle admin connections cannot use up the process's descriptors.
 
+pub mod status;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +25,7 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::Metrics;
 use crate::shutdown::Signal;
-use crate::status::{Rates, SharedTopology, Status, CSP};
+use status::{Rates, SharedTopology, Status, CSP};
 
 /// What the admin endpoints read.
 struct Admin {
