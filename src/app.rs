@@ -17,15 +17,13 @@ use rustls::ServerConfig;
 
 use crate::access_log::{AccessLog, Target};
 use crate::admin::status::{SharedTopology, Topology};
-use crate::backend::Backend;
-use crate::config::{self, Config, ListenerConfig, Mode, PoolConfig};
-use crate::health::{self, Monitor};
+use crate::config::{self, Config, ListenerConfig, Mode};
+use crate::health::Monitor;
 use crate::metrics::Metrics;
-use crate::pool::{Pool, PoolHandle, PoolSettings, Route};
+use crate::pool::{Pool, PoolHandle, Route};
 use crate::reload::Changes;
 use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;
-use crate::tls::UpstreamTls;
 use crate::workers::{self, Workers};
 
 /// Why the proxy could not start, or a reload was refused.
@@ -74,49 +72,6 @@ pub struct Running {
     drain: Drain,
     /// The data-plane threads every listener accepts on.
     workers: Workers,
-}
-
-/// Builds a snapshot of a pool from its configuration. Backends that `prev` already has (same
-/// address) are carried over with their state; new ones start in rotation.
-pub fn build_pool(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
-    let backends: Vec<Arc<Backend>> = cfg
-        .backends
-        .iter()
-        .map(|b| {
-            // TLS settings are built per load (the pool's client config is shared by its backends).
-            let tls =
-                b.tls.clone().zip(cfg.tls.as_ref()).map(|(name, client)| Arc::new(UpstreamTls::new(client, name)));
-            match prev.and_then(|p| p.backends.iter().find(|o| o.addr == b.addr)) {
-                Some(old) if old.name == b.name && old.weight == b.weight && tls.is_none() && old.tls().is_none() => {
-                    old.clone()
-                }
-                // Renamed or reweighted: the same backend, its health and in-flight count kept.
-                Some(old) => Arc::new(old.reconfigured(&b.name, b.weight).with_tls(tls)),
-                None => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight).with_tls(tls)),
-            }
-        })
-        .collect();
-    // A kept backend whose TLS settings changed drops its idle connections of the old kind.
-    for b in &backends {
-        b.conns().set_transport(b.transport_id());
-    }
-    let settings = Arc::new(PoolSettings {
-        connect_timeout: cfg.connect_timeout,
-        request_timeout: cfg.request_timeout,
-        retries: cfg.retries,
-        fall: cfg.health.as_ref().map_or(config::defaults::HEALTH_FALL, |h| h.fall),
-        send_proxy: cfg.send_proxy,
-        // The publisher listens on this; it must outlive snapshots.
-        events: prev.map(|p| p.settings.events.clone()).unwrap_or_default(),
-    });
-    // Kept backends keep their health; new ones start up.
-    let up = health::up_from_health(&backends);
-    // Keep the rotation going when the strategy stays; start afresh when it changes.
-    let cursor = match prev {
-        Some(p) if p.kind == cfg.strategy => p.cursor.clone(),
-        _ => Default::default(),
-    };
-    Pool::new(Arc::from(name), backends, up, cfg.strategy, settings, cursor)
 }
 
 /// TLS config and access-log writer of a listener; writers are shared per target.
@@ -169,7 +124,7 @@ impl Running {
         let pools: BTreeMap<String, PoolHandle> = config
             .pools
             .iter()
-            .map(|(name, cfg)| (name.clone(), Arc::new(ArcSwap::from_pointee(build_pool(name, cfg, None)))))
+            .map(|(name, cfg)| (name.clone(), Arc::new(ArcSwap::from_pointee(Pool::build(name, cfg, None)))))
             .collect();
         let mut bound = Vec::with_capacity(config.listeners.len());
         let mut access_logs = BTreeMap::new();
@@ -348,11 +303,11 @@ impl Running {
         for (name, cfg) in &new.pools {
             let handle = match self.pools.get(name) {
                 Some(h) => {
-                    let next = build_pool(name, cfg, Some(&h.load()));
+                    let next = Pool::build(name, cfg, Some(&h.load()));
                     h.store(Arc::new(next));
                     h.clone()
                 }
-                None => Arc::new(ArcSwap::from_pointee(build_pool(name, cfg, None))),
+                None => Arc::new(ArcSwap::from_pointee(Pool::build(name, cfg, None))),
             };
             pools.insert(name.clone(), handle);
         }

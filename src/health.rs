@@ -7,7 +7,7 @@
 //! about it and wakes the pool's [`Monitor`], which publishes a snapshot whose `up` set matches
 //! the atomics. Publishing uses `rcu`, so it never overwrites a concurrent reload.
 //!
-//! Probes and live traffic keep separate streaks and separate reasons ([`Down`]): a failed
+//! Probes and live traffic keep separate streaks and separate reasons ([`crate::backend::Down`]): a failed
 //! check is a verdict, while live-traffic marks are a guess that must not empty a pool. When
 //! nothing in a pool is up, the snapshot's `up` set holds the backends out by live traffic alone
 //! and they are tried anyway; the request path stays as it was (no lock, no allocation).
@@ -32,45 +32,16 @@ use tokio::time::{Instant, MissedTickBehavior};
 use rustls_pki_types::ServerName;
 
 use crate::backend::health::mono_ms;
-use crate::backend::{Backend, Down};
+use crate::backend::Backend;
 use crate::config::{HealthConfig, HealthKind, ProxyVersion};
 use crate::pool::{Pool, PoolHandle};
 use crate::upstream::{self, Preface};
-
-/// Records a live-traffic failure of `backend` in `pool`; wakes the publisher on a change.
-pub fn passive_failure(pool: &Pool, backend: &Backend, why: &str) {
-    if let Some(change) = backend.health().record_live_failure(pool.settings.fall) {
-        if change.went_down() {
-            tracing::warn!(pool = %pool.name, backend = %backend.name, reason = why, "backend DOWN (live traffic)");
-        }
-        pool.settings.events.notify_one();
-    }
-}
-
-/// The `up` set of a snapshot, and whether it is the fallback: the backends nothing holds out;
-/// when there is none, those out by live-traffic failures alone. Passive marks never leave a
-/// pool with nothing to try (nginx never marks its last server down; Envoy has its panic
-/// threshold), while a failed active check is a verdict that keeps a backend out.
-fn rotation(backends: &[Arc<Backend>]) -> (Vec<usize>, bool) {
-    // One read per backend, so both passes see the same states.
-    let states: Vec<Down> = backends.iter().map(|b| b.health().down()).collect();
-    let up: Vec<usize> = (0..states.len()).filter(|&i| states[i].is_up()).collect();
-    if !up.is_empty() {
-        return (up, false);
-    }
-    ((0..states.len()).filter(|&i| states[i].by_traffic_only()).collect(), true)
-}
-
-/// The `up` set of a snapshot, read from the backends' health atomics (see [`rotation`]).
-pub fn up_from_health(backends: &[Arc<Backend>]) -> Vec<usize> {
-    rotation(backends).0
-}
 
 /// Publishes a new snapshot if the health atomics disagree with the current one's `up` set.
 fn republish(handle: &ArcSwap<Pool>) {
     let mut fallback = false;
     let before = handle.rcu(|cur| {
-        let (up, tried_anyway) = rotation(&cur.backends);
+        let (up, tried_anyway) = crate::pool::rotation(&cur.backends);
         fallback = tried_anyway && !up.is_empty();
         if up == cur.up {
             cur.clone()
@@ -296,18 +267,18 @@ mod tests {
     fn passive_marks_never_empty_the_rotation() {
         let backends = pool_of(3);
         eject(&backends[0]);
-        assert_eq!(rotation(&backends), (vec![1, 2], false));
+        assert_eq!(crate::pool::rotation(&backends), (vec![1, 2], false));
         eject(&backends[1]);
         eject(&backends[2]);
-        assert_eq!(rotation(&backends), (vec![0, 1, 2], true), "every one out by live traffic: all tried");
+        assert_eq!(crate::pool::rotation(&backends), (vec![0, 1, 2], true), "every one out by live traffic: all tried");
         // Mixed: the one its check took down stays out, the rest are tried.
         backends[1].health().record_probe_failure(1);
-        assert_eq!(rotation(&backends), (vec![0, 2], true));
+        assert_eq!(crate::pool::rotation(&backends), (vec![0, 2], true));
         backends[0].health().record_probe_failure(1);
         backends[2].health().record_probe_failure(1);
-        assert_eq!(rotation(&backends), (vec![], true), "all down by their checks: nothing to try");
+        assert_eq!(crate::pool::rotation(&backends), (vec![], true), "all down by their checks: nothing to try");
         // One back up: the others are out again.
         backends[2].health().record_probe_success(1);
-        assert_eq!(up_from_health(&backends), [2]);
+        assert_eq!(crate::pool::up_from_health(&backends), [2]);
     }
 }

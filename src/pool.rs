@@ -12,9 +12,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 
+use crate::backend::Down;
 use crate::backend::{Backend, Cursor, InFlight};
 use crate::balance::{self, BackendSet, PickCtx, Strategy};
-use crate::config::{defaults, ProxyVersion, StrategyKind};
+use crate::config::{defaults, PoolConfig, ProxyVersion, StrategyKind};
+use crate::tls::UpstreamTls;
 
 /// Per-pool settings that do not change per request.
 #[derive(Debug, Clone)]
@@ -77,6 +79,62 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
+    /// Builds a snapshot of a pool from its configuration. Backends that `prev` already has (same
+    /// address) are carried over with their state; new ones start in rotation.
+    pub fn build(name: &str, cfg: &PoolConfig, prev: Option<&Pool>) -> Pool {
+        let backends: Vec<Arc<Backend>> = cfg
+            .backends
+            .iter()
+            .map(|b| {
+                // TLS settings are built per load (the pool's client config is shared by its backends).
+                let tls =
+                    b.tls.clone().zip(cfg.tls.as_ref()).map(|(name, client)| Arc::new(UpstreamTls::new(client, name)));
+                match prev.and_then(|p| p.backends.iter().find(|o| o.addr == b.addr)) {
+                    Some(old)
+                        if old.name == b.name && old.weight == b.weight && tls.is_none() && old.tls().is_none() =>
+                    {
+                        old.clone()
+                    }
+                    // Renamed or reweighted: the same backend, its health and in-flight count kept.
+                    Some(old) => Arc::new(old.reconfigured(&b.name, b.weight).with_tls(tls)),
+                    None => Arc::new(Backend::new(b.name.clone(), b.addr, b.weight).with_tls(tls)),
+                }
+            })
+            .collect();
+        // A kept backend whose TLS settings changed drops its idle connections of the old kind.
+        for b in &backends {
+            b.conns().set_transport(b.transport_id());
+        }
+        let settings = Arc::new(PoolSettings {
+            connect_timeout: cfg.connect_timeout,
+            request_timeout: cfg.request_timeout,
+            retries: cfg.retries,
+            fall: cfg.health.as_ref().map_or(defaults::HEALTH_FALL, |h| h.fall),
+            send_proxy: cfg.send_proxy,
+            // The publisher listens on this; it must outlive snapshots.
+            events: prev.map(|p| p.settings.events.clone()).unwrap_or_default(),
+        });
+        // Kept backends keep their health; new ones start up.
+        let up = up_from_health(&backends);
+        // Keep the rotation going when the strategy stays; start afresh when it changes.
+        let cursor = match prev {
+            Some(p) if p.kind == cfg.strategy => p.cursor.clone(),
+            _ => Default::default(),
+        };
+        Pool::new(Arc::from(name), backends, up, cfg.strategy, settings, cursor)
+    }
+
+    /// Records a live-traffic failure of `backend` (connect failure, reset, timeout); wakes the
+    /// pool's health publisher when it changes why the backend is out.
+    pub fn passive_failure(&self, backend: &Backend, why: &str) {
+        if let Some(change) = backend.health().record_live_failure(self.settings.fall) {
+            if change.went_down() {
+                tracing::warn!(pool = %self.name, backend = %backend.name, reason = why, "backend DOWN (live traffic)");
+            }
+            self.settings.events.notify_one();
+        }
+    }
+
     /// Builds a snapshot. `up` lists the indices in rotation (ascending, deduplicated).
     pub fn new(
         name: Arc<str>,
@@ -128,6 +186,25 @@ impl Pool {
         }
         guard
     }
+}
+
+/// The `up` set of a snapshot, and whether it is the fallback: the backends nothing holds out;
+/// when there is none, those out by live-traffic failures alone. Passive marks never leave a
+/// pool with nothing to try (nginx never marks its last server down; Envoy has its panic
+/// threshold), while a failed active check is a verdict that keeps a backend out.
+pub(crate) fn rotation(backends: &[Arc<Backend>]) -> (Vec<usize>, bool) {
+    // One read per backend, so both passes see the same states.
+    let states: Vec<Down> = backends.iter().map(|b| b.health().down()).collect();
+    let up: Vec<usize> = (0..states.len()).filter(|&i| states[i].is_up()).collect();
+    if !up.is_empty() {
+        return (up, false);
+    }
+    ((0..states.len()).filter(|&i| states[i].by_traffic_only()).collect(), true)
+}
+
+/// The `up` set of a snapshot, read from the backends' health atomics (see [`rotation`]).
+pub fn up_from_health(backends: &[Arc<Backend>]) -> Vec<usize> {
+    rotation(backends).0
 }
 
 /// The published, swappable current snapshot of one pool.

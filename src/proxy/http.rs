@@ -29,7 +29,6 @@ use super::response_body::{BodyError, UpstreamBody};
 use crate::access_log::{AccessLog, HttpEntry};
 use crate::backend::{Backend, TryTimer};
 use crate::balance::PickCtx;
-use crate::health;
 use crate::http1::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop, Forwarded};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Route};
@@ -327,7 +326,7 @@ impl HttpProxy {
                         TryFailure::Connect(e) => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "backend connect failed");
                             if !limits::out_of_descriptors(&e) {
-                                health::passive_failure(pool, backend, "connect failed");
+                                pool.passive_failure(backend, "connect failed");
                             }
                         }
                         TryFailure::Sent { error, stale: true } if !stale_retry_used && replayable_head => {
@@ -349,12 +348,12 @@ impl HttpProxy {
                             // A pooled connection the backend closed as it was reused says
                             // nothing of its health, even when the request cannot be replayed.
                             if !stale {
-                                health::passive_failure(pool, backend, "reset mid-request");
+                                pool.passive_failure(backend, "reset mid-request");
                             }
                         }
                         TryFailure::Timeout => {
                             tracing::warn!(pool = %pool.name, backend = %backend.name, timeout = ?pool.settings.request_timeout, "backend timed out");
-                            health::passive_failure(pool, backend, "request timed out");
+                            pool.passive_failure(backend, "request timed out");
                         }
                     }
                     // least_time: a failed try counts as one that took request_timeout (the

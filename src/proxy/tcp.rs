@@ -26,7 +26,6 @@ use tokio::time::Instant;
 
 use crate::backend::{Backend, InFlight, TryTimer};
 use crate::balance::PickCtx;
-use crate::health;
 use crate::metrics::Metrics;
 use crate::pool::Route;
 use crate::shutdown::Signal;
@@ -101,12 +100,12 @@ where
                 // lb out of descriptors is not the backend's fault (see limits::out_of_descriptors).
                 let exhausted = matches!(&e, OpenError::Connect(err) if limits::io_out_of_descriptors(err));
                 if !exhausted {
-                    health::passive_failure(&pool, backend, e.reason());
+                    pool.passive_failure(backend, e.reason());
                 }
             }
             Err(_) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, "tcp backend connect timed out");
-                health::passive_failure(&pool, backend, "connect timed out");
+                pool.passive_failure(backend, "connect timed out");
             }
         }
         timer.failed(backend, pool.settings.connect_timeout);
