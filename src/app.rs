@@ -17,11 +17,11 @@ use rustls::ServerConfig;
 
 use crate::access_log::{AccessLog, Target};
 use crate::admin::status::{SharedTopology, Topology};
+use crate::config::diff::Changes;
 use crate::config::{self, Config, ListenerConfig, Mode};
 use crate::health::Monitor;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, PoolHandle, Route};
-use crate::reload::Changes;
 use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;
 use crate::workers::{self, Workers};

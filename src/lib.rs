@@ -6,23 +6,29 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: lb.toml → validated [`config::Config`], errors as `PATH:LINE:COL: message`.
-//! - [`pool`]: `Backend` (address, weight, in-flight count, idle connections) and the `Pool`
-//!   snapshot behind an `ArcSwap`.
-//! - [`balance`]: the `Strategy` trait and one file per strategy.
-//! - [`health`]: up/down with rise/fall, active probes, passive marks, snapshot publishing.
-//! - [`proxy`]: forwarding: HTTP (headers, retries, upgrades), TCP, upstream connections (plain
-//!   or TLS), the PROXY protocol (read from fronting proxies, written to backends), and the
-//!   guard against hostile clients (request checks, body limit, connection deadlines).
-//! - [`server`]: listening sockets, accept loops, connection limits, hyper connection setup.
-//! - [`access_log`]: one line per request or session, written by its own thread.
-//! - [`admin`]: the admin listener (`/metrics`, `/healthz`, `/status`).
-//! - [`status`]: the status page and `/status.json`.
-//! - [`app`]: assembles and starts everything from a config, applies reloads, shuts down.
-//! - [`reload`]: the diff between two configs, logged as the reload summary.
-//! - [`shutdown`]: the drain signal shared by accept loops, connections and sessions.
-//! - [`tls`]: rustls server configs from certificate files, SNI certificate choice.
-//! - [`workers`]: the data-plane threads, one single-threaded runtime each.
+//! Floor by floor, top first. Each module imports only modules on floors below its own (or
+//! beside it on the same floor where noted), never one above: there is no import circle.
+//!
+//! 1. [`app`]: assembles and starts everything from a config, applies reloads, shuts down.
+//! 2. [`admin`]: the admin listener (`/metrics`, `/healthz`, `/status`, `/status.json`).
+//! 3. [`server`]: listening sockets, accept loops, connection limits and deadlines, the checked
+//!    HTTP/1 client stream, the HTTP/2 stream executor and flood bounds.
+//! 4. [`proxy`]: forwarding: HTTP (pick, forward, retry, upgrades), TCP, the response body, the
+//!    request limits, lb's own answers.
+//! 5. [`health`] (probes and the snapshot publisher) and [`metrics`] (the registry and the
+//!    per-backend collector): producers and observers over pools.
+//! 6. [`pool`]: the immutable `Pool` snapshot behind an `ArcSwap`, built from config keeping
+//!    backend state; the rotation with its passive-only fallback; passive marks.
+//! 7. [`balance`]: the `Strategy` trait and one file per strategy, over a `BackendSet`.
+//! 8. [`backend`]: `Backend` and its shared state (in flight, health state, latency estimate,
+//!    metric series, idle connections).
+//! 9. [`upstream`]: connecting (TCP, PROXY header, TLS), lb's own HTTP/1.1 client, idle
+//!    connections, the request body sent upstream.
+//! 10. [`config`]: lb.toml → validated [`config::Config`], errors as `PATH:LINE:COL: message`;
+//!     the strategy vocabulary; the diff logged as the reload summary.
+//! 11. Leaves, importing nothing of lb: [`http1`] (limits, request framing scanner, header
+//!     hygiene), [`proxy_protocol`], [`tls`] (server and client rustls material),
+//!     [`access_log`], [`shutdown`], [`workers`].
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
@@ -38,7 +44,6 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod proxy_protocol;
-pub mod reload;
 pub mod server;
 pub mod shutdown;
 pub mod tls;

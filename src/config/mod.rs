@@ -6,6 +6,7 @@
 //! values with defaults filled in. Every error renders as `PATH:LINE:COL: message` when the
 //! location is known, so editors and terminals can jump to it.
 
+pub mod diff;
 mod raw;
 mod strategy;
 mod validate;

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use crate::config::Config;
+use super::Config;
 
 /// The changes between two configurations, in words.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
