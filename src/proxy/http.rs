@@ -21,14 +21,15 @@ use http::header::{HeaderValue, CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{request, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Empty, Full};
 use hyper::body::{Body, Incoming};
+use hyper::upgrade::OnUpgrade;
 use tokio::time::{timeout_at, Instant};
 
+use super::failover::Failover;
 use super::limits;
 use super::local;
 use super::response_body::{BodyError, UpstreamBody};
 use crate::access_log::{AccessLog, HttpEntry};
-use crate::backend::{Backend, TryTimer};
-use crate::balance::PickCtx;
+use crate::backend::{Backend, InFlight, TryTimer};
 use crate::http1::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop, Forwarded};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Route};
@@ -157,125 +158,39 @@ impl HttpProxy {
         let upgrade = req.version() == Version::HTTP_11 && is_upgrade_request(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
-
-        // The host asked for: a request target's authority wins over a Host header (RFC 9112
-        // §3.2.2 for absolute-form targets; HTTP/2 clients send :authority instead of Host).
-        // Userinfo (`user@`) is no part of a Host.
-        let authority = parts.uri.authority().and_then(|a| {
-            let hostport = a.as_str().rsplit('@').next().unwrap_or_default();
-            HeaderValue::from_str(hostport).ok()
-        });
-        // One lookup finds the Host header and a second one, which is refused (RFC 9112 §3.2).
-        let mut hosts = parts.headers.get_all(HOST).iter();
-        let (first_host, more_hosts) = (hosts.next().cloned(), hosts.next().is_some());
-        if more_hosts {
-            return (limits::Refusal::DuplicateHost.response(version), None);
-        }
-        let host = match authority {
-            Some(a) => {
-                if first_host.as_ref() != Some(&a) {
-                    parts.headers.insert(HOST, a.clone());
-                }
-                Some(a)
-            }
-            None => first_host,
+        let host = match target(&mut parts, version) {
+            Ok(host) => host,
+            Err(refusal) => return (refusal.response(version), None),
         };
-        // RFC 9112 §3.2: an HTTP/1.1 request names its host; an empty or malformed one is
-        // refused rather than guessed at (the authority form was checked by the URI parser).
-        match &host {
-            None if version == Version::HTTP_11 => return (limits::Refusal::MissingHost.response(version), None),
-            Some(h) if !limits::valid_host(h.as_bytes()) => {
-                return (limits::Refusal::InvalidHost.response(version), None)
-            }
-            _ => {}
-        }
         // An HTTP/1.0 client may send no Host at all, but backends get HTTP/1.1, where it is
         // required: such requests name the backend they go to (as nginx does by default).
         let needs_host = host.is_none();
         // consistent_hash: hash the request's key while the headers are still the client's
         // (`None` at no cost for every other strategy).
         let key_hash = pool.kind.request_key_hash(&parts.headers, &parts.uri, client.ip());
-        // Backends get origin-form over HTTP/1.1 whatever the client spoke.
-        if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-            parts.uri = match parts.uri.path_and_query() {
-                Some(pq) if pq.as_str().starts_with('/') || pq.as_str() == "*" => Uri::from(pq.clone()),
-                // `http://host?q=1` has the query but no path: the origin form is `/?q=1`
-                // (which is how a path-and-query without a path displays).
-                Some(pq) => Uri::try_from(pq.to_string()).unwrap_or_else(|_| Uri::from_static("/")),
-                None => Uri::from_static("/"),
-            };
-        }
-        parts.version = Version::HTTP_11;
-
-        let bodiless = body.is_end_stream();
+        origin_form(&mut parts);
         let idempotent = is_idempotent(&parts.method);
-        let mut outgoing = if bodiless && !upgrade && parts.method != Method::CONNECT {
-            // Header hygiene happens as lb's own client writes the head.
-            Outgoing::Head(parts, Forwarded { client: client_ip, proto: self.scheme, host })
-        } else {
-            strip_hop_by_hop(&mut parts.headers, upgrade);
-            add_forwarding_value(&mut parts.headers, &client_ip, self.scheme, host.as_ref());
-            let body: UpBody = if bodiless {
-                Either::Right(Empty::new())
-            } else {
-                Either::Left(ClientBody::new(body, self.limits.max_body_bytes))
-            };
-            Outgoing::Streamed(Some(Request::from_parts(parts, body)))
-        };
+        let mut outgoing = self.outgoing(parts, body, upgrade, client_ip, host);
         // A stale pooled connection (or a failed try) may replay only idempotent bodiless heads.
         let replayable_head = matches!(outgoing, Outgoing::Head(..)) && idempotent;
         let host_for =
             |backend: &Backend| needs_host.then(|| HeaderValue::from_str(&backend.addr.to_string()).ok()).flatten();
 
-        let mut tried: Vec<usize> = Vec::new();
+        let mut failover = Failover::new(pool, key_hash, retries);
         let mut stale_retry_used = false;
         let mut last_timed_out = false;
-        // Set after a failed try; the retry is counted only once another backend was picked.
-        let mut retrying = false;
         loop {
-            let Some(idx) = pool.pick(&PickCtx { tried: &tried, key_hash }) else {
-                return (
-                    if tried.is_empty() {
-                        local::no_backend(&pool.name)
-                    } else if last_timed_out {
-                        local::gateway_timeout()
-                    } else {
-                        local::bad_gateway()
-                    },
-                    None,
-                );
+            let Some(idx) = failover.next(&self.metrics) else {
+                return (gave_up(failover.tried_any(), last_timed_out, &pool.name), None);
             };
             let backend = &pool.backends[idx];
-            if std::mem::take(&mut retrying) {
-                self.metrics.retries.with_label_values(&[&*pool.name]).inc();
-                *retries += 1;
+            if matches!(outgoing, Outgoing::Streamed(None)) {
+                return (local::bad_gateway(), None);
             }
             let in_flight = pool.acquire(idx);
             // least_time: this try's time to the response head feeds the backend's estimate.
             let timer = TryTimer::start(pool.kind);
-            let result = match &mut outgoing {
-                Outgoing::Head(parts, fwd) => match exchange_own(pool, backend, parts, fwd, host_for(backend)).await {
-                    Ok((rp, body)) => Ok(Answer::Own(rp, body)),
-                    Err((failure, unsent)) => Err((failure, unsent)),
-                },
-                Outgoing::Streamed(pending) => {
-                    let Some(mut req) = pending.take() else {
-                        return (local::bad_gateway(), None);
-                    };
-                    if let Some(h) = host_for(backend) {
-                        req.headers_mut().insert(HOST, h);
-                    }
-                    match exchange(pool, backend, req).await {
-                        Ok((resp, sender)) => Ok(Answer::Hyper(resp, sender)),
-                        Err((failure, unsent)) => {
-                            let back = unsent.is_some();
-                            *pending = unsent;
-                            Err((failure, back))
-                        }
-                    }
-                }
-            };
-            match result {
+            let (failure, unsent) = match try_backend(pool, backend, &mut outgoing, host_for(backend)).await {
                 Ok(answer) => {
                     backend.health().record_answer();
                     // A 5xx counts as a failure for least_time: failing fast must not look fast.
@@ -284,91 +199,240 @@ impl HttpProxy {
                     } else {
                         timer.succeeded(backend);
                     }
-                    let duration = backend.metrics().duration.with_label_values(&[&*self.listener]);
-                    let (rp, body) = match answer {
-                        // Hop-by-hop headers were left out as the head was parsed.
-                        Answer::Own(rp, body) => (rp, UpstreamBody::own(body, in_flight, (duration, started))),
-                        Answer::Hyper(mut resp, sender) => {
-                            if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                                let backend_upgrade = hyper::upgrade::on(&mut resp);
-                                if let Some(client_upgrade) = client_upgrade {
-                                    tokio::spawn(super::tcp::tunnel_upgraded(
-                                        client_upgrade,
-                                        backend_upgrade,
-                                        in_flight,
-                                        self.tunnel_idle,
-                                        tunnel_drain,
-                                    ));
-                                }
-                                let (mut rp, _) = resp.into_parts();
-                                strip_hop_by_hop(&mut rp.headers, true);
-                                let answered = Response::from_parts(rp, Either::Right(Full::default()));
-                                return (answered, Some(backend.clone()));
-                            }
-                            let (mut rp, rbody) = resp.into_parts();
-                            // Framed by Transfer-Encoding, a Content-Length beside it is wrong
-                            // (RFC 9112 §6.3) and must not reach the client.
-                            if rp.headers.contains_key(TRANSFER_ENCODING) {
-                                rp.headers.remove(CONTENT_LENGTH);
-                            }
-                            strip_hop_by_hop(&mut rp.headers, false);
-                            let reuse = (!upgrade).then_some(sender);
-                            (rp, UpstreamBody::hyper(rbody, reuse, in_flight, (duration, started)))
-                        }
-                    };
-                    return (Response::from_parts(rp, Either::Left(body)), Some(backend.clone()));
+                    let upgraded = client_upgrade.map(|u| (u, tunnel_drain));
+                    let resp = self.answered(answer, upgrade, upgraded, in_flight, started);
+                    return (resp, Some(backend.clone()));
                 }
+                Err(failed) => failed,
+            };
+            drop(in_flight);
+            last_timed_out = matches!(failure, TryFailure::Timeout);
+            let replay_stale = !stale_retry_used && replayable_head;
+            match judge_failure(pool, backend, failure, replay_stale) {
+                Judged::ReplayStale => {
+                    stale_retry_used = true;
+                    continue;
+                }
+                Judged::ClientFault(refusal) => return (refusal.response(version), None),
+                Judged::BackendFault => {}
+            }
+            // least_time: a failed try counts as one that took request_timeout (the
+            // stale-connection replay above is not the backend's fault and skips this).
+            timer.failed(backend, pool.settings.request_timeout);
+            if !failover.failed(idx) || !(unsent || replayable_head) {
+                return (gave_up(true, last_timed_out, &pool.name), None);
+            }
+        }
+    }
+
+    /// How the request goes out (see [`Outgoing`]), with the forwarding headers.
+    fn outgoing(
+        &self,
+        mut parts: request::Parts,
+        body: Incoming,
+        upgrade: bool,
+        client_ip: HeaderValue,
+        host: Option<HeaderValue>,
+    ) -> Outgoing {
+        let bodiless = body.is_end_stream();
+        if bodiless && !upgrade && parts.method != Method::CONNECT {
+            // Header hygiene happens as lb's own client writes the head.
+            return Outgoing::Head(parts, Forwarded { client: client_ip, proto: self.scheme, host });
+        }
+        strip_hop_by_hop(&mut parts.headers, upgrade);
+        add_forwarding_value(&mut parts.headers, &client_ip, self.scheme, host.as_ref());
+        let body: UpBody = if bodiless {
+            Either::Right(Empty::new())
+        } else {
+            Either::Left(ClientBody::new(body, self.limits.max_body_bytes))
+        };
+        Outgoing::Streamed(Some(Request::from_parts(parts, body)))
+    }
+
+    /// The client's response from a backend's answer: its head cleaned of hop-by-hop headers
+    /// and its body streamed (counted in flight until the end); a `101` to an upgrade starts
+    /// the tunnel between the two upgraded connections.
+    fn answered(
+        &self,
+        answer: Answer,
+        upgrade: bool,
+        upgraded: Option<(OnUpgrade, Option<Signal>)>,
+        in_flight: InFlight,
+        started: std::time::Instant,
+    ) -> Response<RespBody> {
+        let backend = in_flight.backend().clone();
+        let duration = backend.metrics().duration.with_label_values(&[&*self.listener]);
+        let (rp, body) = match answer {
+            // Hop-by-hop headers were left out as the head was parsed.
+            Answer::Own(rp, body) => (rp, UpstreamBody::own(body, in_flight, (duration, started))),
+            Answer::Hyper(mut resp, sender) => {
+                if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let backend_upgrade = hyper::upgrade::on(&mut resp);
+                    if let Some((client_upgrade, drain)) = upgraded {
+                        tokio::spawn(super::tcp::tunnel_upgraded(
+                            client_upgrade,
+                            backend_upgrade,
+                            in_flight,
+                            self.tunnel_idle,
+                            drain,
+                        ));
+                    }
+                    let (mut rp, _) = resp.into_parts();
+                    strip_hop_by_hop(&mut rp.headers, true);
+                    return Response::from_parts(rp, Either::Right(Full::default()));
+                }
+                let (mut rp, rbody) = resp.into_parts();
+                // Framed by Transfer-Encoding, a Content-Length beside it is wrong
+                // (RFC 9112 §6.3) and must not reach the client.
+                if rp.headers.contains_key(TRANSFER_ENCODING) {
+                    rp.headers.remove(CONTENT_LENGTH);
+                }
+                strip_hop_by_hop(&mut rp.headers, false);
+                let reuse = (!upgrade).then_some(sender);
+                (rp, UpstreamBody::hyper(rbody, reuse, in_flight, (duration, started)))
+            }
+        };
+        Response::from_parts(rp, Either::Left(body))
+    }
+}
+
+/// One try at `backend`: lb's own client for a bodiless head, hyper's for a streamed request
+/// (which comes back for another try only if hyper hands it back unsent). On failure, says
+/// whether the request provably never left the proxy.
+async fn try_backend(
+    pool: &Pool,
+    backend: &Backend,
+    outgoing: &mut Outgoing,
+    host: Option<HeaderValue>,
+) -> Result<Answer, (TryFailure, bool)> {
+    match outgoing {
+        Outgoing::Head(parts, fwd) => {
+            exchange_own(pool, backend, parts, fwd, host).await.map(|(rp, body)| Answer::Own(rp, body))
+        }
+        Outgoing::Streamed(pending) => {
+            // Only a request hyper handed back unsent is tried again: the caller gives up on a
+            // streamed request that was not (and checks before each try), so this is not
+            // reached; were it, it is no fault of the backend's (`stale`) and nothing to replay.
+            let Some(mut req) = pending.take() else {
+                return Err((TryFailure::Sent { error: "request already sent".into(), stale: true }, false));
+            };
+            if let Some(h) = host {
+                req.headers_mut().insert(HOST, h);
+            }
+            match exchange(pool, backend, req).await {
+                Ok((resp, sender)) => Ok(Answer::Hyper(resp, sender)),
                 Err((failure, unsent)) => {
-                    drop(in_flight);
-                    let attempts = tried.len() + 1;
-                    last_timed_out = matches!(failure, TryFailure::Timeout);
-                    match failure {
-                        TryFailure::Connect(e) => {
-                            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "backend connect failed");
-                            if !limits::out_of_descriptors(&e) {
-                                pool.passive_failure(backend, "connect failed");
-                            }
-                        }
-                        TryFailure::Sent { error, stale: true } if !stale_retry_used && replayable_head => {
-                            // The backend closed an idle pooled connection as we reused it. Not
-                            // a backend fault: replay once on a fresh connection to the same one.
-                            tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "stale upstream connection; replaying");
-                            stale_retry_used = true;
-                            backend.conns().clear();
-                            continue;
-                        }
-                        TryFailure::Sent { error, stale } => {
-                            if let Some(refusal) = limits::client_fault(&*error) {
-                                // The client's body broke off or outgrew max_body_bytes: the
-                                // client's fault, not the backend's, and nothing to retry.
-                                tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "request body failed");
-                                return (refusal.response(version), None);
-                            }
-                            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error, "backend failed mid-request");
-                            // A pooled connection the backend closed as it was reused says
-                            // nothing of its health, even when the request cannot be replayed.
-                            if !stale {
-                                pool.passive_failure(backend, "reset mid-request");
-                            }
-                        }
-                        TryFailure::Timeout => {
-                            tracing::warn!(pool = %pool.name, backend = %backend.name, timeout = ?pool.settings.request_timeout, "backend timed out");
-                            pool.passive_failure(backend, "request timed out");
-                        }
-                    }
-                    // least_time: a failed try counts as one that took request_timeout (the
-                    // stale-connection replay above is not the backend's fault and skips this).
-                    timer.failed(backend, pool.settings.request_timeout);
-                    tried.push(idx);
-                    let replayable = unsent || replayable_head;
-                    if attempts > pool.settings.retries as usize || !replayable {
-                        return (if last_timed_out { local::gateway_timeout() } else { local::bad_gateway() }, None);
-                    }
-                    retrying = true;
+                    let back = unsent.is_some();
+                    *pending = unsent;
+                    Err((failure, back))
                 }
             }
         }
     }
+}
+
+/// The host the request asks for, checked: a request target's authority wins over a `Host`
+/// header (RFC 9112 §3.2.2 for absolute-form targets; HTTP/2 clients send `:authority` instead
+/// of `Host`), and becomes the `Host` sent on. Userinfo (`user@`) is no part of a host. Two
+/// `Host` headers, none on HTTP/1.1, or an empty or malformed one are refused (RFC 9112 §3.2)
+/// rather than guessed at (the authority form was checked by the URI parser).
+fn target(parts: &mut request::Parts, version: Version) -> Result<Option<HeaderValue>, limits::Refusal> {
+    let authority = parts.uri.authority().and_then(|a| {
+        let hostport = a.as_str().rsplit('@').next().unwrap_or_default();
+        HeaderValue::from_str(hostport).ok()
+    });
+    // One lookup finds the Host header and a second one, which is refused.
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let (first_host, more_hosts) = (hosts.next().cloned(), hosts.next().is_some());
+    if more_hosts {
+        return Err(limits::Refusal::DuplicateHost);
+    }
+    let host = match authority {
+        Some(a) => {
+            if first_host.as_ref() != Some(&a) {
+                parts.headers.insert(HOST, a.clone());
+            }
+            Some(a)
+        }
+        None => first_host,
+    };
+    match &host {
+        None if version == Version::HTTP_11 => Err(limits::Refusal::MissingHost),
+        Some(h) if !limits::valid_host(h.as_bytes()) => Err(limits::Refusal::InvalidHost),
+        _ => Ok(host),
+    }
+}
+
+/// Backends get origin-form over HTTP/1.1 whatever the client spoke.
+fn origin_form(parts: &mut request::Parts) {
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        parts.uri = match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') || pq.as_str() == "*" => Uri::from(pq.clone()),
+            // `http://host?q=1` has the query but no path: the origin form is `/?q=1`
+            // (which is how a path-and-query without a path displays).
+            Some(pq) => Uri::try_from(pq.to_string()).unwrap_or_else(|_| Uri::from_static("/")),
+            None => Uri::from_static("/"),
+        };
+    }
+    parts.version = Version::HTTP_11;
+}
+
+/// lb's answer when no try succeeded: `503` when no backend was in rotation at all, else `504`
+/// when the last try timed out and `502` otherwise.
+fn gave_up(tried_any: bool, last_timed_out: bool, pool: &str) -> Response<RespBody> {
+    if !tried_any {
+        local::no_backend(pool)
+    } else if last_timed_out {
+        local::gateway_timeout()
+    } else {
+        local::bad_gateway()
+    }
+}
+
+/// What a failed try means for the request.
+enum Judged {
+    /// A pooled connection the backend had closed: replay once on a fresh one, same backend.
+    ReplayStale,
+    /// The client's body broke off or outgrew `max_body_bytes`: answer it, try nothing more.
+    ClientFault(limits::Refusal),
+    /// The backend failed (marked passively); another may be tried.
+    BackendFault,
+}
+
+/// Logs a failed try, marks the backend passively where it is at fault, and says what next.
+fn judge_failure(pool: &Pool, backend: &Backend, failure: TryFailure, replay_stale: bool) -> Judged {
+    match failure {
+        TryFailure::Connect(e) => {
+            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "backend connect failed");
+            if !limits::out_of_descriptors(&e) {
+                pool.passive_failure(backend, "connect failed");
+            }
+        }
+        TryFailure::Sent { error, stale: true } if replay_stale => {
+            // The backend closed an idle pooled connection as we reused it. Not a backend
+            // fault: replay once on a fresh connection to the same one.
+            tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "stale upstream connection; replaying");
+            backend.conns().clear();
+            return Judged::ReplayStale;
+        }
+        TryFailure::Sent { error, stale } => {
+            if let Some(refusal) = limits::client_fault(&*error) {
+                tracing::debug!(pool = %pool.name, backend = %backend.name, error = %error, "request body failed");
+                return Judged::ClientFault(refusal);
+            }
+            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %error, "backend failed mid-request");
+            // A pooled connection the backend closed as it was reused says nothing of its
+            // health, even when the request cannot be replayed.
+            if !stale {
+                pool.passive_failure(backend, "reset mid-request");
+            }
+        }
+        TryFailure::Timeout => {
+            tracing::warn!(pool = %pool.name, backend = %backend.name, timeout = ?pool.settings.request_timeout, "backend timed out");
+            pool.passive_failure(backend, "request timed out");
+        }
+    }
+    Judged::BackendFault
 }
 
 /// A backend's response head, from either client.

@@ -8,6 +8,7 @@
 //! - `limits`: hostile requests refused before forwarding (400/405/413/414/431), and whose fault
 //!   a failed request body was.
 
+pub mod failover;
 pub mod http;
 pub mod limits;
 pub mod local;

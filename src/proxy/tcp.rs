@@ -24,8 +24,8 @@ use prometheus::IntCounter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
+use super::failover::Failover;
 use crate::backend::{Backend, InFlight, TryTimer};
-use crate::balance::PickCtx;
 use crate::metrics::Metrics;
 use crate::pool::Route;
 use crate::shutdown::Signal;
@@ -66,10 +66,11 @@ where
     // consistent_hash: a byte stream's only key is the client IP (`None` for other strategies).
     let key_hash = pool.kind.connection_key_hash(peer.ip());
     let preface = pool.settings.send_proxy.map(|v| Preface::Relay(v, Addresses { source: peer, destination: local }));
-    let mut tried = Vec::new();
+    let mut retries = 0;
+    let mut failover = Failover::new(&pool, key_hash, &mut retries);
     loop {
-        let Some(idx) = pool.pick(&PickCtx { tried: &tried, key_hash }) else {
-            tracing::warn!(pool = %pool.name, client = %peer, tried = tried.len(), "no backend reachable for tcp session");
+        let Some(idx) = failover.next(metrics) else {
+            tracing::warn!(pool = %pool.name, client = %peer, tried = failover.failures(), "no backend reachable for tcp session");
             return None;
         };
         let backend = &pool.backends[idx];
@@ -93,7 +94,7 @@ where
                     }
                 };
                 drop(guard);
-                return Some(Session { backend: backend.clone(), from_client, to_client, retries: tried.len() });
+                return Some(Session { backend: backend.clone(), from_client, to_client, retries: failover.retries() });
             }
             Ok(Err(e)) => {
                 tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "tcp backend connect failed");
@@ -109,11 +110,9 @@ where
             }
         }
         timer.failed(backend, pool.settings.connect_timeout);
-        tried.push(idx);
-        if tried.len() > pool.settings.retries as usize {
+        if !failover.failed(idx) {
             return None;
         }
-        metrics.retries.with_label_values(&[&*pool.name]).inc();
     }
 }
 
