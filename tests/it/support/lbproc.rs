@@ -2,7 +2,6 @@
 //! a private temp dir, stderr (the logs) collected line by line, signals sent with `kill(1)`,
 //! and helpers to wait on logs, ports and exit. Every wait has a deadline; nothing relies on a
 //! fixed sleep. The child is SIGKILLed when the guard drops, whatever happened to the test.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -17,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::common::TestBackend;
+use super::TestBackend;
 
 /// Generous bound for anything that should take milliseconds; only there to turn a hang into a
 /// failure with the logs attached.
@@ -237,7 +236,7 @@ pub fn listener(name: &str, bind: &str, mode: &str, pool: &str) -> String {
 
 /// `[pools.NAME]` with `backends` (names as in TestBackend) and extra `key = value` lines.
 pub fn pool(name: &str, strategy: &str, backends: &[&TestBackend], extra: &str) -> String {
-    format!("[pools.{name}]\nstrategy = \"{strategy}\"\n{}\n{extra}\n", crate::common::backends_toml(backends))
+    format!("[pools.{name}]\nstrategy = \"{strategy}\"\n{}\n{extra}\n", super::backends_toml(backends))
 }
 
 /// `[pools.NAME]` with weighted backends.

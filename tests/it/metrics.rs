@@ -3,12 +3,10 @@
 //! (when promtool is installed; `.ci/run` installs it and sets LB_REQUIRE_PROMTOOL=1) and our
 //! own exposition-format checks (always).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {

@@ -7,20 +7,18 @@
 //! having seen nothing, and for a normal request right after it being served. Every wait has a
 //! generous hang guard ([`PATIENCE`]); no test asserts how fast something happened.
 
-mod common;
-mod lbproc;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
 
 /// Only there to turn a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(15);

@@ -2,15 +2,13 @@
 //! requests and TCP sessions in flight finish, close idle keep-alive connections at once, exit
 //! 0; and never wait past `--shutdown-timeout`.
 
-mod common;
-mod lbproc;
-
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lbproc::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::lbproc::*;
+use crate::support::*;
 
 fn config(mode: &str, b: &TestBackend) -> String {
     format!("{}{}", listener("web", "127.0.0.1:0", mode, "app"), pool("app", "round_robin", &[b], ""))

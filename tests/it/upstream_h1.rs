@@ -9,21 +9,20 @@
 //! kept per worker, so only then do separate client connections share them by design.
 //! Every wait has a generous hang guard ([`PATIENCE`]); no test asserts how fast anything was.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::eventually;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::{self, eventually};
 
 /// Only there to turn a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(15);
@@ -448,7 +447,7 @@ async fn a_pooled_connection_the_backend_closed_is_replaced_without_an_error() {
     assert_eq!(b.log(), want);
     assert_eq!(b.accepts(), 6);
     // Not the backend's fault: it stays in rotation.
-    assert_eq!(common::up_names(&lb, "app").len(), 1);
+    assert_eq!(support::up_names(&lb, "app").len(), 1);
 }
 
 // ---- 8. headers both ways ----

@@ -7,15 +7,14 @@
 //! `idle_timeout` is 1 s here (3 s where traffic must outlive it); every wait below is bounded only to keep a broken build from
 //! hanging, never to measure how fast lb was.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+use crate::support::*;
 
 /// Generous bound for something that must happen about one `idle_timeout` from now.
 const PATIENCE: Duration = Duration::from_secs(15);

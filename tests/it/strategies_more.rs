@@ -2,8 +2,6 @@
 //! real lb, real clients on 127.0.0.1 (TCP clients also from other 127.0.0.0/8 addresses, to
 //! be different client IPs). Plus `--check` on their options through the real binary.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
+
+use crate::support::*;
 
 fn http_config(pool: &str) -> String {
     format!(

@@ -8,19 +8,18 @@
 //! hyper's for well-formed requests, raw frames for the floods. Every wait has a generous hang
 //! guard ([`PATIENCE`]); no test asserts how fast something happened.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
 
 /// Only there to turn a hang into a failure.
 const PATIENCE: Duration = Duration::from_secs(15);

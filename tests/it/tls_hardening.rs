@@ -5,9 +5,6 @@
 //! still working after 300 other clients' handshakes; and the spawned `lb` binary logging no
 //! WARN line for a ClientHello with an IP-literal SNI and a warning alert.
 
-mod common;
-mod lbproc;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +17,8 @@ use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
+
+use crate::support::{self, lbproc};
 
 /// A 2048-bit RSA key for tests only (ring, which rcgen uses here, cannot generate RSA keys).
 const RSA_KEY: &str = r"-----BEGIN PRIVATE KEY-----
@@ -175,7 +174,7 @@ async fn ecdsa_and_rsa_for_one_name_each_client_gets_the_one_it_can_use() {
     let dir = temp_dir("dual");
     let ecdsa = write_cert(&dir, "ecdsa", "dual.example", false);
     let rsa = write_cert(&dir, "rsa", "dual.example", true);
-    let lb = common::start_lb(&tls_config(&dir, &["ecdsa", "rsa"], hello_backend().await)).await;
+    let lb = support::start_lb(&tls_config(&dir, &["ecdsa", "rsa"], hello_backend().await)).await;
     let addr = lb.listener_addr("tls").unwrap();
     let v13 = &rustls::version::TLS13;
     let v12 = &rustls::version::TLS12;
@@ -203,7 +202,7 @@ async fn ecdsa_and_rsa_for_one_name_each_client_gets_the_one_it_can_use() {
     assert_eq!(connect(addr, "127.0.0.1", &rsa12).await.0, rsa, "RSA-only suites, no SNI");
 
     // With the RSA pair first, it is the one capable clients get.
-    let lb = common::start_lb(&tls_config(&dir, &["rsa", "ecdsa"], hello_backend().await)).await;
+    let lb = support::start_lb(&tls_config(&dir, &["rsa", "ecdsa"], hello_backend().await)).await;
     let addr = lb.listener_addr("tls").unwrap();
     assert_eq!(connect(addr, "dual.example", &default13).await.0, rsa, "config order is the preference");
     let ecdsa13 = Arc::new(client(
@@ -219,7 +218,7 @@ async fn ecdsa_and_rsa_for_one_name_each_client_gets_the_one_it_can_use() {
 async fn resumes_after_300_other_clients(version: &'static SupportedProtocolVersion, tls12: Tls12Resumption) {
     let dir = temp_dir(&format!("resume-{:?}-{tls12:?}", version.version));
     write_cert(&dir, "a", "resume.example", false);
-    let lb = common::start_lb(&tls_config(&dir, &["a"], hello_backend().await)).await;
+    let lb = support::start_lb(&tls_config(&dir, &["a"], hello_backend().await)).await;
     let addr = lb.listener_addr("tls").unwrap();
     let mut first = client(version, all_schemes(), ring::default_provider());
     first.resumption = Resumption::default().tls12_resumption(tls12);

@@ -3,15 +3,12 @@
 //! unknown name gets the default, ALPN h2 works end to end, TLS 1.1 is refused, and a replaced
 //! certificate is served after a reload.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -20,6 +17,8 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
+
+use crate::support::*;
 
 /// A TCP backend that echoes everything until the client half-closes, then writes `tail`
 /// and closes.

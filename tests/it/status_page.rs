@@ -8,16 +8,15 @@
 //! the server-rendered page over plain HTTP instead. `LB_CHROMIUM=/path/to/chrome` picks another
 //! binary.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
 use serde_json::{json, Value};
+
+use crate::support::*;
 
 /// Probes every 100 ms; down after 2 failures, up after 1 success.
 fn config(pool: &[&TestBackend], side: &[&TestBackend]) -> String {

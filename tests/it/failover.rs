@@ -4,16 +4,15 @@
 //! (by the checks) answers 503 at once while backends out by live traffic alone are still
 //! tried, and stale pooled connections are retried transparently.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+
+use crate::support::*;
 
 const INTERVAL_MS: u64 = 100;
 const TIMEOUT_MS: u64 = 100;

@@ -1,6 +1,7 @@
 //! Test helpers: real backends on 127.0.0.1:0 that record what reaches them, an in-process lb
 //! started from TOML text, and small HTTP clients.
-#![allow(dead_code)]
+
+pub mod lbproc;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,7 +20,6 @@ use tokio::sync::watch;
 /// What a backend saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    pub method: String,
     pub uri: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -154,12 +154,7 @@ async fn handle(
     }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    seen.lock().unwrap().push(Seen {
-        method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    });
+    seen.lock().unwrap().push(Seen { uri: parts.uri.to_string(), headers: parts.headers.clone(), body: body.clone() });
     hits.fetch_add(1, Ordering::SeqCst);
     if path == "/drop" {
         // The request arrived, and the backend dies before answering.

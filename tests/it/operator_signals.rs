@@ -2,13 +2,10 @@
 //! reopens access-log files, `SIGUSR2` is logged and ignored, an `LB_LOG` that does not parse
 //! falls back to `info` with a word on stderr, and a reload that moves `[admin]` moves it.
 
-mod common;
-mod lbproc;
-
 use std::time::Duration;
 
-use common::TestBackend;
-use lbproc::*;
+use crate::support::lbproc::*;
+use crate::support::TestBackend;
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()

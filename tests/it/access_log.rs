@@ -1,12 +1,11 @@
 //! The access log: one line per request (and per TCP session) with exact fields, written to the
 //! configured file, including lb's own answers and retries.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
 
 fn read_lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()

@@ -1,12 +1,10 @@
 //! End-to-end distribution of each strategy through real sockets: real backends, real lb,
 //! real HTTP clients on 127.0.0.1.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 async fn three(names: [&str; 3]) -> Vec<TestBackend> {
     let mut v = Vec::new();
