@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::support::lbproc::*;
-use crate::support::TestBackend;
+use crate::support::*;
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()

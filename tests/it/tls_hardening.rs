@@ -309,11 +309,11 @@ async fn client_triggered_rustls_warnings_are_not_logged_at_warn() {
         s.write_all(&bytes).await.unwrap();
         // The server answers the ClientHello (so it was parsed), then gives up when we stop.
         let mut first = [0u8; 1];
-        tokio::time::timeout(lbproc::PATIENCE, s.read_exact(&mut first)).await.unwrap().unwrap();
+        tokio::time::timeout(support::PATIENCE, s.read_exact(&mut first)).await.unwrap().unwrap();
         assert_eq!(first[0], 0x16, "a handshake record answers the ClientHello");
         s.shutdown().await.unwrap();
         let mut rest = Vec::new();
-        let _ = tokio::time::timeout(lbproc::PATIENCE, s.read_to_end(&mut rest)).await.unwrap();
+        let _ = tokio::time::timeout(support::PATIENCE, s.read_to_end(&mut rest)).await.unwrap();
     }
     // A handshake that succeeds still works, and a reload's log line after everything above
     // guarantees that whatever was logged for those connections has been read from the pipe.
