@@ -322,8 +322,7 @@ async fn in_flight_counts_return_to_zero_after_mixed_outcomes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_down_backend_stays_down_across_an_unrelated_reload() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
-    let dir = std::env::temp_dir().join(format!("lb-health-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("health-reload");
     let path = dir.join("lb.toml");
     std::fs::write(&path, config(&backends_toml(&[&a, &b]), "")).unwrap();
     let mut lb = lb::app::Running::start(lb::config::load(&path).unwrap().config).await.unwrap();

@@ -6,19 +6,18 @@
 //! WARN line for a ClientHello with an IP-literal SNI and a warning alert.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, Tls12Resumption};
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme, SupportedProtocolVersion};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, SignatureScheme, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 
-use crate::support::{self, lbproc};
+use crate::support::{self, all_schemes, lbproc, temp_dir, AcceptAny};
 
 /// A 2048-bit RSA key for tests only (ring, which rcgen uses here, cannot generate RSA keys).
 const RSA_KEY: &str = r"-----BEGIN PRIVATE KEY-----
@@ -50,12 +49,6 @@ Mek4oWDxHVWzwXGzlheuCLZre0ZlKottrsbZaf4sEU0kt+Vk7D288GLmpDSXimjz
 O1Ks9nVsEEckEcGWhmDDXA==
 -----END PRIVATE KEY-----
 ";
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lb-tls-hardening-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Writes `<stem>.pem` and `<stem>.key` for a self-signed certificate valid for `name`, with an
 /// ECDSA P-256 key (rcgen's default) or the RSA test key; returns the certificate.
@@ -91,49 +84,6 @@ fn tls_config(dir: &Path, stems: &[&str], backend: SocketAddr) -> String {
          [pools.p]\nstrategy = \"round_robin\"\nbackends = [{{ addr = \"{backend}\" }}]\n",
         pairs.join(", ")
     )
-}
-
-/// Accepts any server certificate (the tests look at which one was presented) and claims to
-/// verify only `schemes`, which is what the client then offers in signature_algorithms.
-#[derive(Debug)]
-struct AcceptAny {
-    schemes: Vec<SignatureScheme>,
-}
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes.clone()
-    }
-}
-
-fn all_schemes() -> Vec<SignatureScheme> {
-    ring::default_provider().signature_verification_algorithms.supported_schemes()
 }
 
 fn rsa_schemes() -> Vec<SignatureScheme> {

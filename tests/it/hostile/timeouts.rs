@@ -160,11 +160,8 @@ async fn idle_http2_connections_are_closed_after_idle_timeout() {
 
 #[tokio::test]
 async fn a_tls_client_that_never_says_hello_is_closed() {
-    let dir = std::env::temp_dir().join(format!("lb-hostile-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    std::fs::write(dir.join("c.pem"), ck.cert.pem()).unwrap();
-    std::fs::write(dir.join("c.key"), ck.signing_key.serialize_pem()).unwrap();
+    let dir = temp_dir("hostile-tls");
+    write_pair(&dir, "c", &make_cert(&["localhost"]));
     let tls = format!(
         "header_timeout = \"300ms\"\ntls = [{{ cert = \"{d}/c.pem\", key = \"{d}/c.key\" }}]",
         d = dir.display()
@@ -178,5 +175,4 @@ async fn a_tls_client_that_never_says_hello_is_closed() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await.unwrap();
     assert!(read_all(&mut s, PATIENCE).await.closed, "a stalled handshake was kept");
-    let _ = std::fs::remove_dir_all(&dir);
 }

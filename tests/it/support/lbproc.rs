@@ -7,20 +7,17 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::PATIENCE;
-
-static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+use super::{temp_dir, TempDir, PATIENCE};
 
 /// A running `lb` child process.
 pub struct Lb {
     child: Child,
-    dir: PathBuf,
+    dir: TempDir,
     pub config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -34,12 +31,7 @@ impl Lb {
 
     /// [`Lb::start`] with these environment variables set (and nothing else changed).
     pub async fn start_with_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Lb {
-        let dir = std::env::temp_dir().join(format!(
-            "lb-test-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = temp_dir("proc");
         let config = dir.join("lb.toml");
         std::fs::write(&config, toml).expect("write lb.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lb"))
@@ -159,10 +151,10 @@ impl Lb {
 }
 
 impl Drop for Lb {
+    /// Kills the child before its temp dir (a field, dropped after this) is removed.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -178,11 +170,27 @@ pub async fn wait_refused(addr: SocketAddr) {
     }
 }
 
-/// Polls until `cond` holds.
-pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// What `lb --check` said about a config file.
+pub struct Checked {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// The file checked, as lb names it in messages.
+    pub path: String,
+}
+
+/// Writes `toml` to a fresh `lb.toml` and runs `lb --config <it> --check`.
+pub fn check_config(toml: &str) -> Checked {
+    let dir = temp_dir("check");
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, toml).expect("write lb.toml");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lb")).arg("--config").arg(&path).arg("--check").output().expect("run lb");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Checked {
+        ok: out.status.success(),
+        stdout: text(&out.stdout),
+        stderr: text(&out.stderr),
+        path: path.display().to_string(),
     }
 }

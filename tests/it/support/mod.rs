@@ -9,7 +9,11 @@ mod config;
 pub mod lbproc;
 mod raw;
 mod raw_backends;
+mod tls;
 
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use backend::*;
@@ -17,6 +21,7 @@ pub use client::*;
 pub use config::*;
 pub use raw::*;
 pub use raw_backends::*;
+pub use tls::*;
 
 /// Generous bound for anything that should take milliseconds; only there to turn a hang into a
 /// failure (with the logs attached, where there are logs).
@@ -32,4 +37,36 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()
+}
+
+/// Polls until `cond` holds, and fails the test (naming `what`) if it does not within
+/// [`PATIENCE`].
+pub async fn wait_until(what: &str, cond: impl FnMut() -> bool) {
+    assert!(eventually(PATIENCE, cond).await, "timed out waiting for {what}");
+}
+
+/// A fresh directory under the system's temp dir, removed when dropped. Names carry the
+/// process id and a counter: every test of the binary shares the process, so a tag alone could
+/// collide.
+pub struct TempDir(PathBuf);
+
+pub fn temp_dir(tag: &str) -> TempDir {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("lb-test-{tag}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    TempDir(dir)
+}
+
+impl Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

@@ -5,7 +5,8 @@ use std::path::Path;
 
 use rustls::pki_types::ServerName;
 
-use super::{make_ca, temp_dir, write_ca};
+use super::{make_ca, write_ca};
+use crate::support::temp_dir;
 
 fn check(toml: &str) -> Result<lb::config::Loaded, lb::config::ConfigError> {
     lb::config::parse(Path::new("/nonexistent-dir/lb.toml"), toml)

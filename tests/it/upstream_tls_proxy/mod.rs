@@ -46,12 +46,6 @@ fn make_leaf(ca: &Ca, names: &[&str]) -> (Vec<CertificateDer<'static>>, PrivateK
     (vec![cert.der().clone()], PrivateKeyDer::try_from(key.serialize_der()).unwrap())
 }
 
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lb-upstream-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// Writes `ca` as `dir/NAME` and returns the path.
 fn write_ca(dir: &Path, name: &str, ca: &Ca) -> PathBuf {
     let p = dir.join(name);

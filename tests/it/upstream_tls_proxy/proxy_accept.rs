@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{exchange, http_listener, make_ca, ppv2_tcp4, recording_backend, tcp_listener, temp_dir};
+use super::{exchange, http_listener, make_ca, ppv2_tcp4, recording_backend, tcp_listener};
 use crate::support::*;
 
 fn request(path: &str) -> Vec<u8> {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use super::{exchange, http_listener, make_ca, make_leaf, server_config, tcp_listener, temp_dir, write_ca};
+use super::{exchange, http_listener, make_ca, make_leaf, server_config, tcp_listener, write_ca};
 use crate::support::*;
 
 /// A TLS backend: records the SNI of every handshake, then serves HTTP/1.1 (answers its name,
@@ -169,7 +169,8 @@ async fn https_backend_with_a_configured_ca_and_sni_and_reused_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_held_inside_tls_after_an_answer_keep_its_connection_out_of_the_pool() {
     let ca = make_ca("lb test CA");
-    let ca_path = write_ca(&temp_dir("trailing"), "ca.pem", &ca);
+    let dir = temp_dir("trailing");
+    let ca_path = write_ca(&dir, "ca.pem", &ca);
     let backend = trailing_record_backend(make_leaf(&ca, &["backend.test"])).await;
     let toml = format!(
         "{}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\ntls_sni = \"backend.test\"\n\
