@@ -13,6 +13,29 @@ use tokio::net::TcpStream;
 use super::{lb_with, normal_request_is_served};
 use crate::support::*;
 
+/// Pipelined behind each refused head: a request that must never be read, let alone forwarded.
+const SMUGGLED_GET: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+
+/// Checks `r`, what a client got for a head lb must refuse (followed by [`SMUGGLED_GET`]): the
+/// `status` and the close, announced; one answer only (nothing after the head was read), the
+/// backend reached by nothing; then a normal request is served. Returns `r` for checks of its
+/// own.
+async fn assert_refused(addr: SocketAddr, b: &TestBackend, what: &str, status: u16, r: Reply) -> Reply {
+    assert_eq!(r.status(), status, "{what}: {}", r.text());
+    assert!(r.closed, "{what}: connection left open");
+    assert!(r.head().contains("connection: close"), "{what}: {}", r.text());
+    assert_eq!(r.text().matches("HTTP/1.").count(), 1, "{what}: more than one answer: {}", r.text());
+    assert_eq!(b.hits(), 0, "{what}: the backend saw {:?}", b.last_seen());
+    normal_request_is_served(addr, b).await;
+    b.hits.store(0, Ordering::SeqCst);
+    r
+}
+
+/// Sends `head` and [`SMUGGLED_GET`] at once on a fresh connection; see [`assert_refused`].
+async fn refused(addr: SocketAddr, b: &TestBackend, what: &str, status: u16, head: &[u8]) -> Reply {
+    assert_refused(addr, b, what, status, send(addr, &[head, SMUGGLED_GET].concat()).await).await
+}
+
 /// Heads that hyper's parser refuses with an empty 400 before the proxy sees anything.
 const REFUSED_BY_HYPER: &[(&str, &[u8])] = &[
     (
@@ -35,16 +58,8 @@ const REFUSED_BY_HYPER: &[(&str, &[u8])] = &[
 #[tokio::test]
 async fn malformed_heads_get_400_and_close_with_nothing_forwarded() {
     let (b, _lb, addr) = lb_with("").await;
-    for (what, bytes) in REFUSED_BY_HYPER {
-        let mut with_smuggled = bytes.to_vec();
-        with_smuggled.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
-        let r = send(addr, &with_smuggled).await;
-        assert_eq!(r.status(), 400, "{what}: {}", r.text());
-        assert!(r.closed, "{what}: connection left open");
-        assert!(r.head().contains("connection: close"), "{what}: {}", r.text());
-        assert_eq!(b.hits(), 0, "{what}: the backend saw {:?}", b.last_seen());
-        normal_request_is_served(addr, &b).await;
-        b.hits.store(0, Ordering::SeqCst);
+    for (what, head) in REFUSED_BY_HYPER {
+        refused(addr, &b, what, 400, head).await;
     }
 }
 
@@ -63,20 +78,10 @@ const REFUSED_BY_LB: &[(&str, &[u8])] = &[
 #[tokio::test]
 async fn obfuscated_transfer_encodings_get_400_and_close_with_nothing_forwarded() {
     let (b, _lb, addr) = lb_with("").await;
-    for (what, bytes) in REFUSED_BY_LB {
-        let mut with_smuggled = bytes.to_vec();
-        with_smuggled.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
-        let r = send(addr, &with_smuggled).await;
-        assert_eq!(r.status(), 400, "{what}: {}", r.text());
-        assert!(r.closed, "{what}: connection left open");
-        let head = r.head();
-        assert!(head.contains("connection: close"), "{what}: {head}");
-        assert!(head.contains("content-type: text/plain"), "{what}: {head}");
+    for (what, head) in REFUSED_BY_LB {
+        let r = refused(addr, &b, what, 400, head).await;
+        assert!(r.head().contains("content-type: text/plain"), "{what}: {}", r.head());
         assert!(r.text().contains("Transfer-Encoding"), "{what}: {}", r.text());
-        assert_eq!(r.text().matches("HTTP/1.1").count(), 1, "{what}: the smuggled request was answered");
-        assert_eq!(b.hits(), 0, "{what}: the backend saw {:?}", b.last_seen());
-        normal_request_is_served(addr, &b).await;
-        b.hits.store(0, Ordering::SeqCst);
     }
     // A single `chunked`, in any case, is fine.
     let r = send(addr, b"POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n")
@@ -108,17 +113,8 @@ const BAD_TARGETS: &[(&str, u16, &[u8])] = &[
 #[tokio::test]
 async fn bad_hosts_targets_and_connect_are_refused_with_nothing_forwarded() {
     let (b, _lb, addr) = lb_with("").await;
-    for (what, status, bytes) in BAD_TARGETS {
-        let mut then = bytes.to_vec();
-        then.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
-        let r = send(addr, &then).await;
-        assert_eq!(r.status(), *status, "{what}: {}", r.text());
-        assert!(r.closed, "{what}: connection left open");
-        assert!(r.head().contains("connection: close"), "{what}: {}", r.text());
-        assert_eq!(r.text().matches("HTTP/1.").count(), 1, "{what}: more than one answer: {}", r.text());
-        assert_eq!(b.hits(), 0, "{what}: the backend saw {:?}", b.last_seen());
-        normal_request_is_served(addr, &b).await;
-        b.hits.store(0, Ordering::SeqCst);
+    for (what, status, head) in BAD_TARGETS {
+        refused(addr, &b, what, *status, head).await;
     }
 }
 
@@ -153,8 +149,7 @@ async fn content_length_with_transfer_encoding_gets_400_and_close_with_nothing_f
         b"POST /echo HTTP/1.1\r\nHost: h\r\ncontent-length: 0\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
     ];
     for (i, head) in cases.iter().enumerate() {
-        let mut bytes = head.to_vec();
-        bytes.extend_from_slice(b"GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n");
+        let bytes = [head, SMUGGLED_GET].concat();
         for split in [None, Some(30)] {
             let r = match split {
                 None => send(addr, &bytes).await,
@@ -167,16 +162,9 @@ async fn content_length_with_transfer_encoding_gets_400_and_close_with_nothing_f
                 }
             };
             let what = format!("case {i}, split {split:?}");
-            assert_eq!(r.status(), 400, "{what}: {}", r.text());
-            assert!(r.closed, "{what}: connection left open");
-            let head = r.head();
-            assert!(head.contains("connection: close"), "{what}: {head}");
-            assert!(head.contains("content-type: text/plain"), "{what}: {head}");
+            let r = assert_refused(addr, &b, &what, 400, r).await;
+            assert!(r.head().contains("content-type: text/plain"), "{what}: {}", r.head());
             assert!(r.text().ends_with("both Content-Length and Transfer-Encoding\n"), "{what}: {}", r.text());
-            assert_eq!(r.text().matches("HTTP/1.1").count(), 1, "{what}: the smuggled request was answered");
-            assert_eq!(b.hits(), 0, "{what}: the backend saw {:?}", b.last_seen());
-            normal_request_is_served(addr, &b).await;
-            b.hits.store(0, Ordering::SeqCst);
         }
     }
 }
@@ -289,17 +277,10 @@ async fn transfer_encoding_with_an_unparsable_content_length_gets_400() {
     let (b, _lb, addr) = lb_with("").await;
     for value in ["1, 1", "+3", ""] {
         let head = format!(
-            "POST /te-cl HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: {value}\r\n\r\n0\r\n\r\n\
-             GET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n"
+            "POST /te-cl HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: {value}\r\n\r\n0\r\n\r\n"
         );
-        let r = send(addr, head.as_bytes()).await;
-        let text = r.text();
-        assert_eq!(r.status(), 400, "{value:?}: {text}");
-        assert!(r.closed, "{value:?}: connection left open");
-        assert!(text.ends_with("both Content-Length and Transfer-Encoding\n"), "{value:?}: {text}");
-        assert_eq!(b.hits(), 0, "{value:?}: the backend saw {:?}", b.last_seen());
-        normal_request_is_served(addr, &b).await;
-        b.hits.store(0, Ordering::SeqCst);
+        let r = refused(addr, &b, &format!("{value:?}"), 400, head.as_bytes()).await;
+        assert!(r.text().ends_with("both Content-Length and Transfer-Encoding\n"), "{value:?}: {}", r.text());
     }
 }
 

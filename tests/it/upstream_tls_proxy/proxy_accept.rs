@@ -29,36 +29,38 @@ async fn get_with_header(addr: SocketAddr, header: &[u8]) -> String {
     raw(addr, &bytes, Duration::from_secs(5)).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn accept_proxy_v2_and_v1_addresses_become_x_forwarded_for() {
+/// An lb whose http listener "web" reads PROXY headers (`accept_proxy = true`, then `extra`
+/// lines), in front of one [`TestBackend`]; returns the backend, lb and the listener's address.
+async fn accept_proxy_lb(extra: &str) -> (TestBackend, lb::app::Running, SocketAddr) {
     let backend = TestBackend::start("app").await;
     let toml = format!(
         "{}[pools.p]\nstrategy = \"round_robin\"\n{}\n",
-        http_listener("accept_proxy = true"),
+        http_listener(&format!("accept_proxy = true\n{extra}")),
         backends_toml(&[&backend])
     );
     let lb = start_lb(&toml).await;
     let addr = lb.listener_addr("web").unwrap();
+    (backend, lb, addr)
+}
 
-    let answer = get_with_header(addr, &ppv2_tcp4([203, 0, 113, 7], 4242, [192, 0, 2, 1], 443)).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(backend.last_seen().headers["x-forwarded-for"], "203.0.113.7");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_proxy_v2_and_v1_addresses_become_x_forwarded_for() {
+    let (backend, _lb, addr) = accept_proxy_lb("").await;
 
-    let answer = get_with_header(addr, b"PROXY TCP4 198.51.100.9 192.0.2.1 5555 80\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(backend.last_seen().headers["x-forwarded-for"], "198.51.100.9");
-
-    let answer = get_with_header(addr, b"PROXY TCP6 2001:db8::42 2001:db8::1 5555 80\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(backend.last_seen().headers["x-forwarded-for"], "2001:db8::42");
-
-    // LOCAL (a health check of the fronting proxy) and UNKNOWN keep the socket's address.
-    let answer = get_with_header(addr, b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(backend.last_seen().headers["x-forwarded-for"], "127.0.0.1");
-    let answer = get_with_header(addr, b"PROXY UNKNOWN\r\n").await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert_eq!(backend.last_seen().headers["x-forwarded-for"], "127.0.0.1");
+    let v2 = ppv2_tcp4([203, 0, 113, 7], 4242, [192, 0, 2, 1], 443);
+    let headers: [(&[u8], &str); 5] = [
+        (&v2, "203.0.113.7"),
+        (b"PROXY TCP4 198.51.100.9 192.0.2.1 5555 80\r\n", "198.51.100.9"),
+        (b"PROXY TCP6 2001:db8::42 2001:db8::1 5555 80\r\n", "2001:db8::42"),
+        // LOCAL (a health check of the fronting proxy) and UNKNOWN keep the socket's address.
+        (b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00", "127.0.0.1"),
+        (b"PROXY UNKNOWN\r\n", "127.0.0.1"),
+    ];
+    for (header, client) in headers {
+        let answer = get_with_header(addr, header).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{client}: {answer}");
+        assert_eq!(backend.last_seen().headers["x-forwarded-for"], client);
+    }
     assert_eq!(backend.hits(), 5);
 }
 
@@ -81,14 +83,7 @@ async fn accept_proxy_addresses_are_relayed_to_a_send_proxy_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_valid_header_nothing_is_served() {
-    let backend = TestBackend::start("app").await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\n{}\n",
-        http_listener("accept_proxy = true\nheader_timeout = \"300ms\""),
-        backends_toml(&[&backend])
-    );
-    let lb = start_lb(&toml).await;
-    let addr = lb.listener_addr("web").unwrap();
+    let (backend, _lb, addr) = accept_proxy_lb("header_timeout = \"300ms\"").await;
     // A plain request: no header at all.
     assert_eq!(raw(addr, &request("/plain"), Duration::from_secs(5)).await, "");
     // Garbage: a corrupted v2 signature, a v1 line with a bad address, a bad v2 command.
@@ -110,14 +105,7 @@ async fn without_a_valid_header_nothing_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_arriving_in_pieces_works() {
-    let backend = TestBackend::start("app").await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\n{}\n",
-        http_listener("accept_proxy = true"),
-        backends_toml(&[&backend])
-    );
-    let lb = start_lb(&toml).await;
-    let addr = lb.listener_addr("web").unwrap();
+    let (backend, _lb, addr) = accept_proxy_lb("").await;
     let headers: [(&[u8], &str); 2] = [
         (&ppv2_tcp4([203, 0, 113, 8], 4242, [192, 0, 2, 1], 443), "203.0.113.8"),
         (b"PROXY TCP4 198.51.100.10 192.0.2.1 5555 80\r\n", "198.51.100.10"),
@@ -146,14 +134,10 @@ async fn the_header_comes_before_tls_on_a_tls_listener() {
     let cert = CertificateParams::new(vec!["lb.test".to_string()]).unwrap().signed_by(&key, &ca.issuer).unwrap();
     std::fs::write(dir.join("lb.pem"), cert.pem()).unwrap();
     std::fs::write(dir.join("lb.key"), key.serialize_pem()).unwrap();
-    let backend = TestBackend::start("app").await;
-    let extra =
-        format!("accept_proxy = true\ntls = [{{ cert = \"{d}/lb.pem\", key = \"{d}/lb.key\" }}]", d = dir.display());
-    let toml =
-        format!("{}[pools.p]\nstrategy = \"round_robin\"\n{}\n", http_listener(&extra), backends_toml(&[&backend]));
-    let lb = start_lb(&toml).await;
+    let tls = format!("tls = [{{ cert = \"{d}/lb.pem\", key = \"{d}/lb.key\" }}]", d = dir.display());
+    let (backend, _lb, addr) = accept_proxy_lb(&tls).await;
 
-    let mut tcp = TcpStream::connect(lb.listener_addr("web").unwrap()).await.unwrap();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
     tcp.write_all(&ppv2_tcp4([203, 0, 113, 9], 4242, [192, 0, 2, 1], 443)).await.unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der.clone()).unwrap();

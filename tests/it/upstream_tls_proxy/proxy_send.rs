@@ -1,6 +1,7 @@
 //! The PROXY protocol towards backends (`send_proxy`): v1 and v2 headers written byte for byte
 //! ahead of the payload, and health probes opening with a LOCAL header.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,44 +11,40 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{ip4, ppv2_tcp4, recording_backend, tcp_listener};
 use crate::support::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn send_proxy_v2_writes_the_exact_header_then_the_payload() {
+/// Sends `payload` through a tcp listener whose pool has `send_proxy = "<version>"`, half-closes
+/// and reads lb's answer to the end; returns what the backend received, the client's address
+/// and the listener's.
+async fn through_send_proxy(version: &str, payload: &[u8]) -> (Vec<u8>, SocketAddr, SocketAddr) {
     let (backend, mut seen) = recording_backend().await;
     let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\nsend_proxy = \"v2\"\nbackends = [{{ addr = \"{backend}\" }}]\n",
+        "{}[pools.p]\nstrategy = \"round_robin\"\nsend_proxy = \"{version}\"\nbackends = [{{ addr = \"{backend}\" }}]\n",
         tcp_listener("")
     );
     let lb = start_lb(&toml).await;
     let listener = lb.listener_addr("l4").unwrap();
     let mut s = TcpStream::connect(listener).await.unwrap();
     let me = s.local_addr().unwrap();
-    s.write_all(b"hello backend").await.unwrap();
+    s.write_all(payload).await.unwrap();
     s.shutdown().await.unwrap();
     let mut answer = Vec::new();
     s.read_to_end(&mut answer).await.unwrap();
     assert_eq!(answer, b"done");
+    (seen.recv().await.unwrap(), me, listener)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_proxy_v2_writes_the_exact_header_then_the_payload() {
+    let (got, me, listener) = through_send_proxy("v2", b"hello backend").await;
     let mut expected = ppv2_tcp4(ip4(me), me.port(), ip4(listener), listener.port());
     expected.extend_from_slice(b"hello backend");
-    assert_eq!(seen.recv().await.unwrap(), expected);
+    assert_eq!(got, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_proxy_v1_writes_the_text_line() {
-    let (backend, mut seen) = recording_backend().await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\nsend_proxy = \"v1\"\nbackends = [{{ addr = \"{backend}\" }}]\n",
-        tcp_listener("")
-    );
-    let lb = start_lb(&toml).await;
-    let listener = lb.listener_addr("l4").unwrap();
-    let mut s = TcpStream::connect(listener).await.unwrap();
-    let me = s.local_addr().unwrap();
-    s.write_all(b"payload").await.unwrap();
-    s.shutdown().await.unwrap();
-    let mut answer = Vec::new();
-    s.read_to_end(&mut answer).await.unwrap();
+    let (got, me, listener) = through_send_proxy("v1", b"payload").await;
     let expected = format!("PROXY TCP4 127.0.0.1 127.0.0.1 {} {}\r\npayload", me.port(), listener.port());
-    assert_eq!(String::from_utf8(seen.recv().await.unwrap()).unwrap(), expected);
+    assert_eq!(String::from_utf8(got).unwrap(), expected);
 }
 
 /// A backend that insists on a PROXY v2 header: health probes of a send_proxy pool open with

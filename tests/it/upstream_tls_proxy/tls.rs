@@ -141,19 +141,21 @@ async fn trailing_record_backend(leaf: (Vec<CertificateDer<'static>>, PrivateKey
     addr
 }
 
+/// `listener` (see [`http_listener`], [`tcp_listener`]) and its pool "p" with `tls = true`, the
+/// CA file `ca`, `tls_sni` when given, then `rest` (the backends and anything after them).
+fn tls_pool(listener: &str, ca: &Path, sni: Option<&str>, rest: &str) -> String {
+    let sni = sni.map(|name| format!("tls_sni = \"{name}\"\n")).unwrap_or_default();
+    format!("{listener}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\n{sni}{rest}\n", ca.display())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_backend_with_a_configured_ca_and_sni_and_reused_connections() {
     let dir = temp_dir("https");
     let ca = make_ca("lb test CA");
     let ca_path = write_ca(&dir, "ca.pem", &ca);
     let backend = TlsBackend::start("secure", make_leaf(&ca, &["backend.test"]), false).await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\ntls_sni = \"backend.test\"\n\
-         backends = [{{ addr = \"{}\" }}]\n",
-        http_listener(""),
-        ca_path.display(),
-        backend.addr
-    );
+    let backends = format!("backends = [{{ addr = \"{}\" }}]", backend.addr);
+    let toml = tls_pool(&http_listener(""), &ca_path, Some("backend.test"), &backends);
     let lb = start_lb(&toml).await;
     let addr = lb.listener_addr("web").unwrap();
     let mut conn = OneConn::open(addr).await;
@@ -172,12 +174,8 @@ async fn bytes_held_inside_tls_after_an_answer_keep_its_connection_out_of_the_po
     let dir = temp_dir("trailing");
     let ca_path = write_ca(&dir, "ca.pem", &ca);
     let backend = trailing_record_backend(make_leaf(&ca, &["backend.test"])).await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\ntls_sni = \"backend.test\"\n\
-         backends = [{{ addr = \"{backend}\" }}]\n",
-        http_listener(""),
-        ca_path.display(),
-    );
+    let backends = format!("backends = [{{ addr = \"{backend}\" }}]");
+    let toml = tls_pool(&http_listener(""), &ca_path, Some("backend.test"), &backends);
     let lb = start_lb(&toml).await;
     let mut conn = OneConn::open(lb.listener_addr("web").unwrap()).await;
     // Read buffers come in powers of two: one of these sizes is lb's.
@@ -197,14 +195,9 @@ async fn ip_backends_are_checked_against_ip_names_without_sni_and_tls_false_over
     let ca_path = write_ca(&dir, "ca.pem", &ca);
     let secure = TlsBackend::start("secure", make_leaf(&ca, &["127.0.0.1"]), false).await;
     let plain = TestBackend::start("plain").await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\n\
-         backends = [{{ addr = \"{}\" }}, {{ addr = \"{}\", tls = false }}]\n",
-        http_listener(""),
-        ca_path.display(),
-        secure.addr,
-        plain.addr
-    );
+    let backends =
+        format!("backends = [{{ addr = \"{}\" }}, {{ addr = \"{}\", tls = false }}]", secure.addr, plain.addr);
+    let toml = tls_pool(&http_listener(""), &ca_path, None, &backends);
     let lb = start_lb(&toml).await;
     let addr = lb.listener_addr("web").unwrap();
     let client = client();
@@ -225,13 +218,8 @@ async fn a_certificate_from_another_ca_is_a_502_and_a_passive_failure() {
     let (ca, other) = (make_ca("trusted"), make_ca("someone else"));
     let ca_path = write_ca(&dir, "ca.pem", &ca);
     let backend = TlsBackend::start("impostor", make_leaf(&other, &["backend.test"]), false).await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\ntls_sni = \"backend.test\"\n\
-         backends = [{{ addr = \"{}\", name = \"impostor\" }}]\n",
-        http_listener(""),
-        ca_path.display(),
-        backend.addr
-    );
+    let backends = format!("backends = [{{ addr = \"{}\", name = \"impostor\" }}]", backend.addr);
+    let toml = tls_pool(&http_listener(""), &ca_path, Some("backend.test"), &backends);
     let lb = start_lb(&toml).await;
     let addr = lb.listener_addr("web").unwrap();
     let client = client();
@@ -252,13 +240,8 @@ async fn tcp_mode_to_a_tls_backend() {
     let ca = make_ca("lb test CA");
     let ca_path = write_ca(&dir, "ca.pem", &ca);
     let backend = TlsBackend::start("echo", make_leaf(&ca, &["echo.test"]), true).await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\ntls_sni = \"echo.test\"\n\
-         backends = [{{ addr = \"{}\" }}]\n",
-        tcp_listener(""),
-        ca_path.display(),
-        backend.addr
-    );
+    let backends = format!("backends = [{{ addr = \"{}\" }}]", backend.addr);
+    let toml = tls_pool(&tcp_listener(""), &ca_path, Some("echo.test"), &backends);
     let lb = start_lb(&toml).await;
     let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     let got = exchange(lb.listener_addr("l4").unwrap(), &payload).await;
@@ -275,15 +258,12 @@ async fn health_checks_run_over_tls_and_a_wrong_ca_is_down() {
     let ca_path = write_ca(&dir, "ca.pem", &ca);
     let good = TlsBackend::start("good", make_leaf(&ca, &["backend.test"]), false).await;
     let bad = TlsBackend::start("bad", make_leaf(&other, &["backend.test"]), false).await;
-    let toml = format!(
-        "{}[pools.p]\nstrategy = \"round_robin\"\ntls = true\ntls_ca = \"{}\"\ntls_sni = \"backend.test\"\n\
-         backends = [{{ addr = \"{}\", name = \"good\" }}, {{ addr = \"{}\", name = \"bad\" }}]\n\
-         [pools.p.health]\nkind = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1\n",
-        http_listener(""),
-        ca_path.display(),
-        good.addr,
-        bad.addr
+    let rest = format!(
+        "backends = [{{ addr = \"{}\", name = \"good\" }}, {{ addr = \"{}\", name = \"bad\" }}]\n\
+         [pools.p.health]\nkind = \"http\"\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nrise = 1\nfall = 1",
+        good.addr, bad.addr
     );
+    let toml = tls_pool(&http_listener(""), &ca_path, Some("backend.test"), &rest);
     let lb = start_lb(&toml).await;
     assert!(eventually(Duration::from_secs(5), || up_names(&lb, "p") == ["good"]).await, "{:?}", up_names(&lb, "p"));
     let pool = lb.pool("p").unwrap().load_full();
