@@ -20,10 +20,6 @@ use tokio::net::TcpListener;
 
 use crate::support::*;
 
-/// Generous bound on anything that should take a few probe intervals; it only turns a hang (or
-/// a transition that never comes) into a failure.
-const PATIENCE: Duration = Duration::from_secs(10);
-
 /// lb with an admin listener and one http listener on pool `app`, whose body is `pool`.
 fn lb_toml(pool: &str) -> String {
     format!(

@@ -46,19 +46,6 @@ async fn slowloris_clients_are_closed_while_others_are_served() {
     normal_request_is_served(addr, &b).await;
 }
 
-/// Reads one response of the test backend (body `a`) off a kept-alive connection.
-async fn read_one_response(s: &mut TcpStream) -> String {
-    let mut bytes = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !bytes.ends_with(b"\r\n\r\na") {
-        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => bytes.extend_from_slice(&buf[..n]),
-            other => panic!("no whole response ({other:?}): {}", String::from_utf8_lossy(&bytes)),
-        }
-    }
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 /// `header_timeout` bounds how long a head may take to arrive, not how long a keep-alive
 /// connection may wait between requests (that is `idle_timeout`): an idle connection outlives
 /// several header timeouts and is served again, and a second head dribbled on it is cut.
@@ -68,10 +55,10 @@ async fn header_timeout_cuts_slow_heads_but_not_idle_keep_alive_connections() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let request = b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n";
     s.write_all(request).await.unwrap();
-    assert!(read_one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert!(read_raw_until(&mut s, "\r\n\r\na").await.starts_with("HTTP/1.1 200"));
     tokio::time::sleep(Duration::from_millis(1200)).await;
     s.write_all(b"GET /two HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-    assert!(read_one_response(&mut s).await.starts_with("HTTP/1.1 200"), "idle connection not served again");
+    assert!(read_raw_until(&mut s, "\r\n\r\na").await.starts_with("HTTP/1.1 200"), "idle connection not served again");
     assert_eq!(b.last_seen().uri, "/two");
     // Now a third head, one byte every 50 ms: cut long before it could end.
     let dribble = [&b"GET /three HTTP/1.1\r\nHost: h\r\nX-Slow: "[..], &b"z".repeat(1000)].concat();
@@ -113,7 +100,7 @@ async fn a_long_response_keeps_its_connection_alive() {
     let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
     assert!(!text.contains("connection: close"), "{text}");
     s.write_all(b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-    assert!(read_one_response(&mut s).await.starts_with("HTTP/1.1 200"), "keep-alive lost");
+    assert!(read_raw_until(&mut s, "\r\n\r\na").await.starts_with("HTTP/1.1 200"), "keep-alive lost");
     assert_eq!(b.last_seen().uri, "/next");
 }
 

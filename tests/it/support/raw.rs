@@ -97,3 +97,18 @@ pub async fn open_websocket(addr: SocketAddr) -> (TcpStream, String) {
     }
     (s, String::from_utf8_lossy(&head).to_lowercase())
 }
+
+/// What a backend reads of a request: everything up to the end of the head (and whatever came
+/// with it), or `None` if the peer closed or failed first. No deadline: lb's own end the
+/// connection.
+pub async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    Some(got)
+}

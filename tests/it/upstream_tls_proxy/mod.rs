@@ -18,7 +18,7 @@ use std::time::Duration;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 // ---- certificates ----
 
@@ -64,26 +64,6 @@ fn server_config(leaf: (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)) -
 }
 
 // ---- shared by the submodules ----
-
-/// A TCP backend that reads everything until EOF, hands it over, and answers `done`.
-async fn recording_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let _ = s.read_to_end(&mut got).await;
-                let _ = tx.send(got);
-                let _ = s.write_all(b"done").await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
-    (addr, rx)
-}
 
 /// Sends `payload`, half-closes, and returns everything the other side sent until it closed.
 async fn exchange(addr: SocketAddr, payload: &[u8]) -> Vec<u8> {

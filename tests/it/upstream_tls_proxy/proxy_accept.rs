@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
-use super::{exchange, http_listener, make_ca, ppv2_tcp4, recording_backend, tcp_listener};
+use super::{exchange, http_listener, make_ca, ppv2_tcp4, tcp_listener};
 use crate::support::*;
 
 fn request(path: &str) -> Vec<u8> {
@@ -66,7 +66,7 @@ async fn accept_proxy_v2_and_v1_addresses_become_x_forwarded_for() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accept_proxy_addresses_are_relayed_to_a_send_proxy_backend() {
-    let (backend, mut seen) = recording_backend().await;
+    let (backend, mut seen) = draining_backend(b"done").await;
     let toml = format!(
         "{}[pools.p]\nstrategy = \"round_robin\"\nsend_proxy = \"v2\"\nbackends = [{{ addr = \"{backend}\" }}]\n",
         tcp_listener("accept_proxy = true")

@@ -8,14 +8,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{ip4, ppv2_tcp4, recording_backend, tcp_listener};
+use super::{ip4, ppv2_tcp4, tcp_listener};
 use crate::support::*;
 
 /// Sends `payload` through a tcp listener whose pool has `send_proxy = "<version>"`, half-closes
 /// and reads lb's answer to the end; returns what the backend received, the client's address
 /// and the listener's.
 async fn through_send_proxy(version: &str, payload: &[u8]) -> (Vec<u8>, SocketAddr, SocketAddr) {
-    let (backend, mut seen) = recording_backend().await;
+    let (backend, mut seen) = draining_backend(b"done").await;
     let toml = format!(
         "{}[pools.p]\nstrategy = \"round_robin\"\nsend_proxy = \"{version}\"\nbackends = [{{ addr = \"{backend}\" }}]\n",
         tcp_listener("")
