@@ -323,19 +323,7 @@ async fn least_time_sends_most_requests_to_the_fastest_backend() {
     let pool = format!("strategy = \"least_time\"\n{}", TimedBackend::toml(&[&b[0], &b[1], &b[2]]));
     let lb = start_lb(&http_config(&pool)).await;
     let addr = lb.listener_addr("web").unwrap();
-    // Four clients at once, 100 requests each.
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        tasks.push(tokio::spawn(async move {
-            let client = client();
-            for _ in 0..100 {
-                assert_eq!(get(&client, addr, "/").await.0, 200);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    get_concurrently(addr, 4, 100).await;
     let hits = [b[0].hits(), b[1].hits(), b[2].hits()];
     assert_eq!(hits.iter().sum::<usize>(), 400);
     assert!(hits[0] * 100 >= 70 * 400, "fast got {} of 400 ({hits:?})", hits[0]);

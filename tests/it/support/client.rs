@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
+use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -25,39 +25,29 @@ pub async fn get(client: &Client, addr: SocketAddr, path: &str) -> (StatusCode, 
     (status, String::from_utf8_lossy(&body).into_owned(), headers)
 }
 
-/// One keep-alive client connection to lb, for tests that count upstream connections.
-///
-/// The pooled `client()` may open a second connection when the first has not yet gone back to
-/// its pool, and that one can land on lb's other worker, whose upstream pool is its own.
-pub struct OneConn(hyper::client::conn::http1::SendRequest<Empty<Bytes>>);
-
-impl OneConn {
-    pub async fn open(addr: SocketAddr) -> OneConn {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("lb accepts");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-        tokio::spawn(conn);
-        OneConn(sender)
-    }
-
-    /// GET `path` on this connection → (status, body as text, headers).
-    pub async fn get(&mut self, path: &str) -> (StatusCode, String, HeaderMap) {
-        self.send(http::Method::GET, path).await
-    }
-
-    /// A bodiless `method` request for `path` on this connection → (status, body, headers).
-    pub async fn send(&mut self, method: http::Method, path: &str) -> (StatusCode, String, HeaderMap) {
-        let req = Request::builder().method(method).uri(path).header("host", "lb.test").body(Empty::new()).unwrap();
-        self.0.ready().await.expect("connection still open");
-        let resp = self.0.send_request(req).await.expect("request reached lb");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned(), headers)
+/// `clients` pooled clients at once, each sending `each` GETs for `/` one after another; every
+/// answer must be 200.
+pub async fn get_concurrently(addr: SocketAddr, clients: usize, each: usize) {
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(async move {
+                let client = client();
+                for _ in 0..each {
+                    assert_eq!(get(&client, addr, "/").await.0, 200);
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
     }
 }
 
-/// One explicit HTTP/1.1 keep-alive connection (unlike the pooled client, the test knows
-/// every request goes over this very socket). `closed` resolves when the server closes it.
+/// One explicit HTTP/1.1 keep-alive connection to lb: unlike the pooled [`client()`], the test
+/// knows every request goes over this very socket (the pooled client may open a second one, and
+/// that one can land on lb's other worker, whose upstream pool is its own). Requests return
+/// `Err` when the connection failed, which is what some tests wait for; `driver` ends when the
+/// server closes the connection.
 pub struct Conn {
     sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     pub driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
@@ -77,7 +67,12 @@ impl Conn {
 
     /// GET `path` on this connection → (status, body).
     pub async fn get(&mut self, path: &str) -> Result<(u16, String), String> {
-        let resp = self.head(path).await?;
+        self.send(Method::GET, path).await
+    }
+
+    /// A bodiless `method` request for `path` on this connection → (status, body).
+    pub async fn send(&mut self, method: Method, path: &str) -> Result<(u16, String), String> {
+        let resp = self.request(method, path).await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
         Ok((status, String::from_utf8_lossy(&body).into_owned()))
@@ -85,8 +80,12 @@ impl Conn {
 
     /// GET `path` on this connection, returning once the response head is in.
     pub async fn head(&mut self, path: &str) -> Result<http::Response<hyper::body::Incoming>, String> {
+        self.request(Method::GET, path).await
+    }
+
+    async fn request(&mut self, method: Method, path: &str) -> Result<http::Response<hyper::body::Incoming>, String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
-        let req = http::Request::get(path).header("host", "lb.test").body(Empty::new()).unwrap();
+        let req = Request::builder().method(method).uri(path).header("host", "lb.test").body(Empty::new()).unwrap();
         self.sender.send_request(req).await.map_err(|e| e.to_string())
     }
 }
