@@ -61,6 +61,8 @@ async fn past_max_connections_clients_wait_until_a_slot_frees() {
 /// The real binary with a low RLIMIT_NOFILE (set with `prlimit` once it runs): clients past
 /// the limit make accept() fail with EMFILE. lb must back off (no spinning: it uses little CPU
 /// meanwhile), log the failure at a bounded rate, and serve again once descriptors free up.
+/// It must stay the spawned binary: the limit is per process, and this test binary's process
+/// runs every other test at the same time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fd_exhaustion_backs_off_and_recovers() {
     if std::process::Command::new("prlimit").arg("--version").output().is_err() {
