@@ -3,12 +3,10 @@
 //! (when promtool is installed; `.ci/run` installs it and sets LB_REQUIRE_PROMTOOL=1) and our
 //! own exposition-format checks (always).
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Sample {
@@ -148,8 +146,7 @@ fn config(a: &TestBackend, b: Option<&TestBackend>) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_spec_family_with_exact_counts_across_a_reload() {
     let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
-    let dir = std::env::temp_dir().join(format!("lb-metrics-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("metrics");
     let path = dir.join("lb.toml");
     std::fs::write(&path, config(&a, Some(&b))).unwrap();
     let loaded = lb::config::load(&path).unwrap();

@@ -2,15 +2,13 @@
 //! requests and TCP sessions in flight finish, close idle keep-alive connections at once, exit
 //! 0; and never wait past `--shutdown-timeout`.
 
-mod common;
-mod lbproc;
-
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lbproc::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::lbproc::*;
+use crate::support::*;
 
 fn config(mode: &str, b: &TestBackend) -> String {
     format!("{}{}", listener("web", "127.0.0.1:0", mode, "app"), pool("app", "round_robin", &[b], ""))
@@ -160,8 +158,8 @@ async fn a_second_signal_during_the_drain_exits_at_once_with_1() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_is_in_the_access_log_when_the_process_exits() {
     let a = TestBackend::start("a").await;
-    let log = std::env::temp_dir().join(format!("lb-exit-log-{}.log", std::process::id()));
-    let _ = std::fs::remove_file(&log);
+    let dir = temp_dir("exit-log");
+    let log = dir.join("access.log");
     let cfg = format!(
         "{}\naccess_log = \"{}\"\n\n{}",
         listener("web", "127.0.0.1:0", "http", "app").trim_end(),

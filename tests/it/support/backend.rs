@@ -1,6 +1,5 @@
-//! Test helpers: real backends on 127.0.0.1:0 that record what reaches them, an in-process lb
-//! started from TOML text, and small HTTP clients.
-#![allow(dead_code)]
+//! [`TestBackend`]: an HTTP/1.1 backend on 127.0.0.1:0 that answers with its name, records
+//! every request that reaches it, and can be made slow, sick, streaming or dead on demand.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -10,16 +9,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// What a backend saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
-    pub method: String,
     pub uri: String,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -154,12 +152,7 @@ async fn handle(
     }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-    seen.lock().unwrap().push(Seen {
-        method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
-        headers: parts.headers.clone(),
-        body: body.clone(),
-    });
+    seen.lock().unwrap().push(Seen { uri: parts.uri.to_string(), headers: parts.headers.clone(), body: body.clone() });
     hits.fetch_add(1, Ordering::SeqCst);
     if path == "/drop" {
         // The request arrived, and the backend dies before answering.
@@ -236,164 +229,4 @@ fn websocket_echo(req: &mut Request<Incoming>) -> Response<TestBody> {
     r.headers_mut().insert("connection", "upgrade".parse().unwrap());
     r.headers_mut().insert("upgrade", "websocket".parse().unwrap());
     r
-}
-
-/// Starts lb in-process from TOML text, as if read from `dir/lb.toml`.
-pub async fn start_lb(toml: &str) -> lb::app::Running {
-    let loaded = lb::config::parse(std::path::Path::new("lb.toml"), toml).expect("test config is valid");
-    lb::app::Running::start(loaded.config).await.expect("lb starts")
-}
-
-/// A pool section with `backends`, for building configs in tests.
-pub fn backends_toml(backends: &[&TestBackend]) -> String {
-    let items: Vec<String> =
-        backends.iter().map(|b| format!("{{ addr = \"{}\", name = \"{}\" }}", b.addr, b.name)).collect();
-    format!("backends = [{}]", items.join(", "))
-}
-
-/// A keep-alive HTTP/1.1 client (hyper-util's pooled client).
-pub type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Empty<Bytes>>;
-
-pub fn client() -> Client {
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
-}
-
-/// GET `http://addr{path}` → (status, body as text, headers).
-pub async fn get(client: &Client, addr: SocketAddr, path: &str) -> (StatusCode, String, HeaderMap) {
-    let uri = format!("http://{addr}{path}");
-    let resp = client.get(uri.parse().unwrap()).await.expect("request reached lb");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&body).into_owned(), headers)
-}
-
-/// One keep-alive client connection to lb, for tests that count upstream connections.
-///
-/// The pooled `client()` may open a second connection when the first has not yet gone back to
-/// its pool, and that one can land on lb's other worker, whose upstream pool is its own.
-pub struct OneConn(hyper::client::conn::http1::SendRequest<Empty<Bytes>>);
-
-impl OneConn {
-    pub async fn open(addr: SocketAddr) -> OneConn {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("lb accepts");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-        tokio::spawn(conn);
-        OneConn(sender)
-    }
-
-    /// GET `path` on this connection → (status, body as text, headers).
-    pub async fn get(&mut self, path: &str) -> (StatusCode, String, HeaderMap) {
-        self.send(http::Method::GET, path).await
-    }
-
-    /// A bodiless `method` request for `path` on this connection → (status, body, headers).
-    pub async fn send(&mut self, method: http::Method, path: &str) -> (StatusCode, String, HeaderMap) {
-        let req = Request::builder().method(method).uri(path).header("host", "lb.test").body(Empty::new()).unwrap();
-        self.0.ready().await.expect("connection still open");
-        let resp = self.0.send_request(req).await.expect("request reached lb");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.expect("body").to_bytes();
-        (status, String::from_utf8_lossy(&body).into_owned(), headers)
-    }
-}
-
-/// Sends raw bytes on a fresh connection and returns everything read until the server closes
-/// (or `timeout` passes).
-pub async fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(timeout, s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Opens a WebSocket tunnel through lb at `addr` (the test backends echo on `/ws`) and returns
-/// the stream with the answer's head, lowercased, read exactly up to its end.
-pub async fn open_websocket(addr: SocketAddr) -> (tokio::net::TcpStream, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed before the 101 head ended");
-        head.push(byte[0]);
-    }
-    (s, String::from_utf8_lossy(&head).to_lowercase())
-}
-
-/// A backend that accepts connections and never answers (nor closes them).
-pub async fn black_hole() -> (SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    (addr, task)
-}
-
-/// A raw HTTP/1.1 backend that answers the first request on each connection (keeping the
-/// connection open) and closes the connection without answering when a second request arrives
-/// on it, the way a backend's idle-connection timeout races with a reused connection.
-/// Returns the address and a counter of answered requests.
-pub async fn closes_reused_connections() -> (SocketAddr, Arc<AtomicUsize>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let answered = Arc::new(AtomicUsize::new(0));
-    let counter = answered.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 8192];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-                counter.fetch_add(1, Ordering::SeqCst);
-                // Wait for the next request on this connection, then hang up on it.
-                let _ = s.read(&mut buf).await;
-            });
-        }
-    });
-    (addr, answered)
-}
-
-/// Polls `cond` every 10 ms until it holds or `limit` passes; returns whether it held.
-pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    cond()
-}
-
-/// Names of the backends of `pool` that are in rotation in its current snapshot.
-pub fn up_names(lb: &lb::app::Running, pool: &str) -> Vec<String> {
-    let p = lb.pool(pool).unwrap().load_full();
-    p.up.iter().map(|&i| p.backends[i].name.clone()).collect()
-}
-
-/// Names of the backends of `pool` that are up by their health state: neither their active
-/// check nor live-traffic failures took them down. Unlike [`up_names`], this leaves out the
-/// backends down by live traffic that lb tries anyway because nothing else is up.
-pub fn healthy_names(lb: &lb::app::Running, pool: &str) -> Vec<String> {
-    let p = lb.pool(pool).unwrap().load_full();
-    p.backends.iter().filter(|b| b.health().is_up()).map(|b| b.name.clone()).collect()
 }

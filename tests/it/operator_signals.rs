@@ -2,13 +2,10 @@
 //! reopens access-log files, `SIGUSR2` is logged and ignored, an `LB_LOG` that does not parse
 //! falls back to `info` with a word on stderr, and a reload that moves `[admin]` moves it.
 
-mod common;
-mod lbproc;
-
 use std::time::Duration;
 
-use common::TestBackend;
-use lbproc::*;
+use crate::support::lbproc::*;
+use crate::support::*;
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
@@ -32,11 +29,8 @@ async fn served(lb: &Lb, path: &str) {
 #[tokio::test]
 async fn sigusr1_reopens_access_logs_as_logrotate_expects() {
     let b = TestBackend::start("a").await;
-    let dir = std::env::temp_dir().join(format!("lb-usr1-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("usr1");
     let (log, rotated) = (dir.join("access.log"), dir.join("access.log.1"));
-    let _ = std::fs::remove_file(&log);
-    let _ = std::fs::remove_file(&rotated);
     let toml =
         config(&b, "").replace("pool = \"app\"\n", &format!("pool = \"app\"\naccess_log = \"{}\"\n", log.display()));
     let lb = Lb::start(&toml, &[]).await;
@@ -54,7 +48,6 @@ async fn sigusr1_reopens_access_logs_as_logrotate_expects() {
     let old = lines(&rotated);
     assert_eq!(old.len(), 1, "{old:?}");
     assert!(old[0].contains("path=\"/before\""), "{old:?}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -83,8 +76,7 @@ async fn an_lb_log_that_does_not_parse_falls_back_to_info() {
     }
     // A good value still applies: at `error`, nothing is logged at start.
     let mut quiet = std::process::Command::new(env!("CARGO_BIN_EXE_lb"));
-    let dir = std::env::temp_dir().join(format!("lb-loglevel-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("loglevel");
     let path = dir.join("lb.toml");
     // A config that fails to start (port taken) logs an error at any level but `off`.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -102,7 +94,6 @@ async fn an_lb_log_that_does_not_parse_falls_back_to_info() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot bind"), "a bad LB_LOG must not silence fatal errors: {stderr}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Where `lb` says its admin listener is, from the latest "admin listening" line after `from`.

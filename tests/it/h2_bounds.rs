@@ -8,22 +8,17 @@
 //! hyper's for well-formed requests, raw frames for the floods. Every wait has a generous hang
 //! guard ([`PATIENCE`]); no test asserts how fast something happened.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Only there to turn a hang into a failure.
-const PATIENCE: Duration = Duration::from_secs(15);
+use crate::support::*;
 
 fn config(backends: &str, listener_extra: &str) -> String {
     format!(
@@ -45,19 +40,15 @@ async fn endless_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
             a.fetch_add(1, Ordering::SeqCst);
             let c = c.clone();
             tokio::spawn(async move {
-                let mut got = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
                 let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\nfirst;\r\n";
                 if s.write_all(head).await.is_err() {
                     return;
                 }
                 // Nothing more is sent; only lb closing the connection ends this.
+                let mut buf = [0u8; 4096];
                 loop {
                     match s.read(&mut buf).await {
                         Ok(0) | Err(_) => break,

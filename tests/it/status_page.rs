@@ -8,16 +8,15 @@
 //! the server-rendered page over plain HTTP instead. `LB_CHROMIUM=/path/to/chrome` picks another
 //! binary.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
 use serde_json::{json, Value};
+
+use crate::support::*;
 
 /// Probes every 100 ms; down after 2 failures, up after 1 success.
 fn config(pool: &[&TestBackend], side: &[&TestBackend]) -> String {
@@ -456,11 +455,7 @@ const CHROMIUM_LIMIT: Duration = Duration::from_secs(30);
 /// the serialized DOM. Kills the browser (its whole process group) if it runs over 30 s.
 fn dump_dom(chromium: &Path, url: &str) -> String {
     use std::os::unix::process::CommandExt;
-    let dir = std::env::temp_dir().join(format!(
-        "lb-status-page-{}-{}",
-        std::process::id(),
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
-    ));
+    let dir = temp_dir("status-page");
     let profile = dir.join("profile");
     std::fs::create_dir_all(&profile).unwrap();
     let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
@@ -484,10 +479,7 @@ fn dump_dom(chromium: &Path, url: &str) -> String {
         .stderr(std::fs::File::create(&err_path).unwrap())
         .process_group(0)
         .spawn()
-        .unwrap_or_else(|e| {
-            let _ = std::fs::remove_dir_all(&dir);
-            panic!("cannot start {}: {e}", chromium.display())
-        });
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", chromium.display()));
     let deadline = Instant::now() + CHROMIUM_LIMIT;
     let status = loop {
         match child.try_wait().expect("wait for chromium") {
@@ -499,14 +491,12 @@ fn dump_dom(chromium: &Path, url: &str) -> String {
                 let _ = child.kill();
                 let _ = child.wait();
                 let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-                let _ = std::fs::remove_dir_all(&dir);
                 panic!("chromium ran over {CHROMIUM_LIMIT:?} and was killed; stderr:\n{err}");
             }
         }
     };
     let out = std::fs::read_to_string(&out_path).unwrap_or_default();
     let err = std::fs::read_to_string(&err_path).unwrap_or_default();
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(status.success() && out.contains("</html>"), "chromium failed ({status}); stderr:\n{err}\nstdout:\n{out}");
     out
 }

@@ -1,28 +1,9 @@
 //! `lb --check` through the real binary: a good file passes with a summary; each kind of bad
 //! file fails with `PATH:LINE:COL: message` naming the problem, and a non-zero exit.
 
-use std::path::PathBuf;
 use std::process::Command;
 
-struct Outcome {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-fn check(name: &str, toml: &str) -> (PathBuf, Outcome) {
-    let dir = std::env::temp_dir().join(format!("lb-check-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("lb.toml");
-    std::fs::write(&path, toml).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lb")).arg("--config").arg(&path).arg("--check").output().unwrap();
-    let outcome = Outcome {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    };
-    (path, outcome)
-}
+use crate::support::lbproc::check_config;
 
 const GOOD: &str = r#"
 [admin]
@@ -49,22 +30,22 @@ interval = "2s"
 
 /// Asserts that `toml` fails `--check` with `PATH:LINE:COL:` and a message containing `needle`.
 fn rejects(name: &str, toml: &str, line: usize, needle: &str) {
-    let (path, out) = check(name, toml);
+    let out = check_config(toml);
     assert!(!out.ok, "{name}: accepted\n{}", out.stdout);
-    let prefix = format!("{}:{line}:", path.display());
+    let prefix = format!("{}:{line}:", out.path);
     assert!(out.stderr.starts_with(&prefix), "{name}: expected location {prefix}, got: {}", out.stderr);
     assert!(out.stderr.contains(needle), "{name}: expected {needle:?} in: {}", out.stderr);
 }
 
 #[test]
 fn a_good_file_passes_with_a_summary() {
-    let (path, out) = check("good", GOOD);
+    let out = check_config(GOOD);
     assert!(out.ok, "{}", out.stderr);
     assert_eq!(
         out.stdout.trim(),
         format!(
             "{}: OK: 1 listener(s): web (http 127.0.0.1:8080 -> app); 1 pool(s), 2 backend(s); admin on 127.0.0.1:9900",
-            path.display()
+            out.path
         )
     );
 }
@@ -72,7 +53,7 @@ fn a_good_file_passes_with_a_summary() {
 #[test]
 fn arrays_of_tables_are_the_same_shape() {
     let toml = "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\npool = \"app\"\n\n[pools.app]\nstrategy = \"round_robin\"\n\n[[pools.app.backends]]\naddr = \"127.0.0.1:9001\"\n\n[[pools.app.backends]]\naddr = \"127.0.0.1:9002\"\n";
-    let (_, out) = check("tables", toml);
+    let out = check_config(toml);
     assert!(out.ok, "{}", out.stderr);
     assert!(out.stdout.contains("2 backend(s)"), "{}", out.stdout);
 }
@@ -114,16 +95,16 @@ fn duplicate_binds() {
     }
     // Different ports, and an IPv6 address beside an IPv4 wildcard, are fine.
     let toml = format!("{GOOD}\n[[listeners]]\nname = \"other\"\nbind = \"0.0.0.0:8081\"\npool = \"app\"\n");
-    assert!(check("wild-ok", &toml).1.ok);
+    assert!(check_config(&toml).ok);
 }
 
 /// `:80` and `*:80` are every IPv4 address, as nginx's `listen 80` and HAProxy's `bind :80`;
 /// a port alone is refused with what to write instead.
 #[test]
 fn port_only_binds() {
-    for (name, bind) in [("colon", ":8085"), ("star", "*:8085")] {
+    for bind in [":8085", "*:8085"] {
         let toml = GOOD.replace("bind = \"127.0.0.1:8080\"", &format!("bind = \"{bind}\""));
-        let (_, out) = check(name, &toml);
+        let out = check_config(&toml);
         assert!(out.ok, "{bind}: {}", out.stderr);
         assert!(out.stdout.contains("0.0.0.0:8085"), "{bind}: {}", out.stdout);
     }
@@ -185,11 +166,10 @@ fn health_settings_are_validated() {
 
 #[test]
 fn round_robin_with_weights_warns_but_passes() {
-    let (path, out) = check("rr-weights", &GOOD.replace("\"weighted\"", "\"round_robin\""));
+    let out = check_config(&GOOD.replace("\"weighted\"", "\"round_robin\""));
     assert!(out.ok, "{}", out.stderr);
     assert!(
-        out.stderr
-            .starts_with(&format!("{}:11:12: warning: pool \"app\": round_robin ignores weights", path.display())),
+        out.stderr.starts_with(&format!("{}:11:12: warning: pool \"app\": round_robin ignores weights", out.path)),
         "{}",
         out.stderr
     );

@@ -2,33 +2,22 @@
 //! a private temp dir, stderr (the logs) collected line by line, signals sent with `kill(1)`,
 //! and helpers to wait on logs, ports and exit. Every wait has a deadline; nothing relies on a
 //! fixed sleep. The child is SIGKILLed when the guard drops, whatever happened to the test.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use crate::common::TestBackend;
-
-/// Generous bound for anything that should take milliseconds; only there to turn a hang into a
-/// failure with the logs attached.
-pub const PATIENCE: Duration = Duration::from_secs(15);
-
-static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+use super::{temp_dir, TempDir, PATIENCE};
 
 /// A running `lb` child process.
 pub struct Lb {
     child: Child,
-    dir: PathBuf,
+    dir: TempDir,
     pub config: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
 }
@@ -42,12 +31,7 @@ impl Lb {
 
     /// [`Lb::start`] with these environment variables set (and nothing else changed).
     pub async fn start_with_env(toml: &str, args: &[&str], env: &[(&str, &str)]) -> Lb {
-        let dir = std::env::temp_dir().join(format!(
-            "lb-test-{}-{}",
-            std::process::id(),
-            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
+        let dir = temp_dir("proc");
         let config = dir.join("lb.toml");
         std::fs::write(&config, toml).expect("write lb.toml");
         let mut child = Command::new(env!("CARGO_BIN_EXE_lb"))
@@ -167,10 +151,10 @@ impl Lb {
 }
 
 impl Drop for Lb {
+    /// Kills the child before its temp dir (a field, dropped after this) is removed.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -186,106 +170,27 @@ pub async fn wait_refused(addr: SocketAddr) {
     }
 }
 
-/// Polls until `cond` holds.
-pub async fn wait_until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+/// What `lb --check` said about a config file.
+pub struct Checked {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+    /// The file checked, as lb names it in messages.
+    pub path: String,
+}
+
+/// Writes `toml` to a fresh `lb.toml` and runs `lb --config <it> --check`.
+pub fn check_config(toml: &str) -> Checked {
+    let dir = temp_dir("check");
+    let path = dir.join("lb.toml");
+    std::fs::write(&path, toml).expect("write lb.toml");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_lb")).arg("--config").arg(&path).arg("--check").output().expect("run lb");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    Checked {
+        ok: out.status.success(),
+        stdout: text(&out.stdout),
+        stderr: text(&out.stderr),
+        path: path.display().to_string(),
     }
-}
-
-/// One explicit HTTP/1.1 keep-alive connection (unlike the pooled client, the test knows
-/// every request goes over this very socket). `closed` resolves when the server closes it.
-pub struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-    pub driver: tokio::task::JoinHandle<Result<(), hyper::Error>>,
-}
-
-impl Conn {
-    pub async fn open(addr: SocketAddr) -> Conn {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("connect to lb");
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.expect("handshake");
-        Conn { sender, driver: tokio::spawn(conn) }
-    }
-
-    /// Closes the socket.
-    pub fn close(self) {
-        self.driver.abort();
-    }
-
-    /// GET `path` on this connection → (status, body).
-    pub async fn get(&mut self, path: &str) -> Result<(u16, String), String> {
-        let resp = self.head(path).await?;
-        let status = resp.status().as_u16();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
-    }
-
-    /// GET `path` on this connection, returning once the response head is in.
-    pub async fn head(&mut self, path: &str) -> Result<http::Response<hyper::body::Incoming>, String> {
-        self.sender.ready().await.map_err(|e| e.to_string())?;
-        let req = http::Request::get(path).header("host", "lb.test").body(Empty::new()).unwrap();
-        self.sender.send_request(req).await.map_err(|e| e.to_string())
-    }
-}
-
-/// `[[listeners]]` entry.
-pub fn listener(name: &str, bind: &str, mode: &str, pool: &str) -> String {
-    format!("[[listeners]]\nname = \"{name}\"\nbind = \"{bind}\"\nmode = \"{mode}\"\npool = \"{pool}\"\n\n")
-}
-
-/// `[pools.NAME]` with `backends` (names as in TestBackend) and extra `key = value` lines.
-pub fn pool(name: &str, strategy: &str, backends: &[&TestBackend], extra: &str) -> String {
-    format!("[pools.{name}]\nstrategy = \"{strategy}\"\n{}\n{extra}\n", crate::common::backends_toml(backends))
-}
-
-/// `[pools.NAME]` with weighted backends.
-pub fn pool_w(name: &str, strategy: &str, backends: &[(&TestBackend, u32)], extra: &str) -> String {
-    let items: Vec<String> = backends
-        .iter()
-        .map(|(b, w)| format!("{{ addr = \"{}\", name = \"{}\", weight = {w} }}", b.addr, b.name))
-        .collect();
-    format!("[pools.{name}]\nstrategy = \"{strategy}\"\nbackends = [{}]\n{extra}\n", items.join(", "))
-}
-
-/// `n` distinct ports nobody listens on right now (bound, read, released: a small race,
-/// acceptable).
-pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
-    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
-}
-
-/// Reads from a raw stream until `needle` has been seen (or EOF), returning everything read.
-pub async fn read_raw_until(s: &mut tokio::net::TcpStream, needle: &str) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + PATIENCE;
-    while !String::from_utf8_lossy(&got).contains(needle) {
-        let n = tokio::time::timeout_at(deadline, s.read(&mut buf)).await.expect("timed out reading").expect("read");
-        if n == 0 {
-            break;
-        }
-        got.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&got).into_owned()
-}
-
-/// Reads the body of a streamed response up to and including `until` (or the end).
-pub async fn read_until(body: &mut hyper::body::Incoming, until: &str) -> Result<String, String> {
-    let mut got = String::new();
-    while !got.contains(until) {
-        match body.frame().await {
-            Some(Ok(f)) => {
-                if let Ok(d) = f.into_data() {
-                    got.push_str(&String::from_utf8_lossy(&d));
-                }
-            }
-            Some(Err(e)) => return Err(format!("{e} after {got:?}")),
-            None => break,
-        }
-    }
-    Ok(got)
 }

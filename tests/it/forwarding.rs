@@ -2,15 +2,14 @@
 //! ways, HTTP/2 (h2c) clients, WebSocket upgrades, streaming both ways, the proxy's own status
 //! codes, failover on connect failure, and the admin /healthz.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
 
 fn config(backends: &str, extra_pool: &str) -> String {
     format!(

@@ -1,12 +1,10 @@
 //! End-to-end distribution of each strategy through real sockets: real backends, real lb,
 //! real HTTP clients on 127.0.0.1.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::support::*;
 
 async fn three(names: [&str; 3]) -> Vec<TestBackend> {
     let mut v = Vec::new();
@@ -112,18 +110,7 @@ async fn concurrent_clients_keep_round_robin_exact() {
     let b = three(["a", "b", "c"]).await;
     let lb = start_lb(&pool_toml("round_robin", &backends_toml(&[&b[0], &b[1], &b[2]]))).await;
     let addr = lb.listener_addr("web").unwrap();
-    let mut tasks = Vec::new();
-    for _ in 0..8 {
-        tasks.push(tokio::spawn(async move {
-            let client = client();
-            for _ in 0..75 {
-                assert_eq!(get(&client, addr, "/").await.0, 200);
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    get_concurrently(addr, 8, 75).await;
     // 600 picks from one shared cursor: exactly 200 each, whatever the interleaving.
     assert_eq!((b[0].hits(), b[1].hits(), b[2].hits()), (200, 200, 200));
 }

@@ -5,21 +5,19 @@
 //! still working after 300 other clients' handshakes; and the spawned `lb` binary logging no
 //! WARN line for a ClientHello with an IP-literal SNI and a warning alert.
 
-mod common;
-mod lbproc;
-
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{Resumption, Tls12Resumption};
 use rustls::crypto::{ring, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, HandshakeKind, SignatureScheme, SupportedProtocolVersion};
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, HandshakeKind, SignatureScheme, SupportedProtocolVersion};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
+
+use crate::support::{self, all_schemes, lbproc, temp_dir, AcceptAny};
 
 /// A 2048-bit RSA key for tests only (ring, which rcgen uses here, cannot generate RSA keys).
 const RSA_KEY: &str = r"-----BEGIN PRIVATE KEY-----
@@ -51,12 +49,6 @@ Mek4oWDxHVWzwXGzlheuCLZre0ZlKottrsbZaf4sEU0kt+Vk7D288GLmpDSXimjz
 O1Ks9nVsEEckEcGWhmDDXA==
 -----END PRIVATE KEY-----
 ";
-
-fn temp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("lb-tls-hardening-{tag}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// Writes `<stem>.pem` and `<stem>.key` for a self-signed certificate valid for `name`, with an
 /// ECDSA P-256 key (rcgen's default) or the RSA test key; returns the certificate.
@@ -92,49 +84,6 @@ fn tls_config(dir: &Path, stems: &[&str], backend: SocketAddr) -> String {
          [pools.p]\nstrategy = \"round_robin\"\nbackends = [{{ addr = \"{backend}\" }}]\n",
         pairs.join(", ")
     )
-}
-
-/// Accepts any server certificate (the tests look at which one was presented) and claims to
-/// verify only `schemes`, which is what the client then offers in signature_algorithms.
-#[derive(Debug)]
-struct AcceptAny {
-    schemes: Vec<SignatureScheme>,
-}
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &CertificateDer<'_>,
-        _: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Ok(HandshakeSignatureValid::assertion())
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.schemes.clone()
-    }
-}
-
-fn all_schemes() -> Vec<SignatureScheme> {
-    ring::default_provider().signature_verification_algorithms.supported_schemes()
 }
 
 fn rsa_schemes() -> Vec<SignatureScheme> {
@@ -175,7 +124,7 @@ async fn ecdsa_and_rsa_for_one_name_each_client_gets_the_one_it_can_use() {
     let dir = temp_dir("dual");
     let ecdsa = write_cert(&dir, "ecdsa", "dual.example", false);
     let rsa = write_cert(&dir, "rsa", "dual.example", true);
-    let lb = common::start_lb(&tls_config(&dir, &["ecdsa", "rsa"], hello_backend().await)).await;
+    let lb = support::start_lb(&tls_config(&dir, &["ecdsa", "rsa"], hello_backend().await)).await;
     let addr = lb.listener_addr("tls").unwrap();
     let v13 = &rustls::version::TLS13;
     let v12 = &rustls::version::TLS12;
@@ -203,7 +152,7 @@ async fn ecdsa_and_rsa_for_one_name_each_client_gets_the_one_it_can_use() {
     assert_eq!(connect(addr, "127.0.0.1", &rsa12).await.0, rsa, "RSA-only suites, no SNI");
 
     // With the RSA pair first, it is the one capable clients get.
-    let lb = common::start_lb(&tls_config(&dir, &["rsa", "ecdsa"], hello_backend().await)).await;
+    let lb = support::start_lb(&tls_config(&dir, &["rsa", "ecdsa"], hello_backend().await)).await;
     let addr = lb.listener_addr("tls").unwrap();
     assert_eq!(connect(addr, "dual.example", &default13).await.0, rsa, "config order is the preference");
     let ecdsa13 = Arc::new(client(
@@ -219,7 +168,7 @@ async fn ecdsa_and_rsa_for_one_name_each_client_gets_the_one_it_can_use() {
 async fn resumes_after_300_other_clients(version: &'static SupportedProtocolVersion, tls12: Tls12Resumption) {
     let dir = temp_dir(&format!("resume-{:?}-{tls12:?}", version.version));
     write_cert(&dir, "a", "resume.example", false);
-    let lb = common::start_lb(&tls_config(&dir, &["a"], hello_backend().await)).await;
+    let lb = support::start_lb(&tls_config(&dir, &["a"], hello_backend().await)).await;
     let addr = lb.listener_addr("tls").unwrap();
     let mut first = client(version, all_schemes(), ring::default_provider());
     first.resumption = Resumption::default().tls12_resumption(tls12);
@@ -310,11 +259,11 @@ async fn client_triggered_rustls_warnings_are_not_logged_at_warn() {
         s.write_all(&bytes).await.unwrap();
         // The server answers the ClientHello (so it was parsed), then gives up when we stop.
         let mut first = [0u8; 1];
-        tokio::time::timeout(lbproc::PATIENCE, s.read_exact(&mut first)).await.unwrap().unwrap();
+        tokio::time::timeout(support::PATIENCE, s.read_exact(&mut first)).await.unwrap().unwrap();
         assert_eq!(first[0], 0x16, "a handshake record answers the ClientHello");
         s.shutdown().await.unwrap();
         let mut rest = Vec::new();
-        let _ = tokio::time::timeout(lbproc::PATIENCE, s.read_to_end(&mut rest)).await.unwrap();
+        let _ = tokio::time::timeout(support::PATIENCE, s.read_to_end(&mut rest)).await.unwrap();
     }
     // A handshake that succeeds still works, and a reload's log line after everything above
     // guarantees that whatever was logged for those connections has been read from the pipe.

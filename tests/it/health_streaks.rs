@@ -5,15 +5,12 @@
 //! Real lb in-process, real backends and clients over 127.0.0.1; transitions are observed
 //! through `/status.json`, never waited for with sleeps.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http::{Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -21,9 +18,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-/// Generous bound on anything that should take a few probe intervals; it only turns a hang (or
-/// a transition that never comes) into a failure.
-const PATIENCE: Duration = Duration::from_secs(10);
+use crate::support::*;
 
 /// lb with an admin listener and one http listener on pool `app`, whose body is `pool`.
 fn lb_toml(pool: &str) -> String {

@@ -9,15 +9,11 @@
 //! kept per worker, so only then do separate client connections share them by design.
 //! Every wait has a generous hang guard ([`PATIENCE`]); no test asserts how fast anything was.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use bytes::Bytes;
-use common::eventually;
 use http::{HeaderMap, Method, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
@@ -25,8 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Only there to turn a hang into a failure.
-const PATIENCE: Duration = Duration::from_secs(15);
+use crate::support::{self, eventually, read_raw_until, PATIENCE};
 
 /// A plain keep-alive answer.
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -333,12 +328,12 @@ async fn head_answers_with_a_content_length_carry_no_body_and_keep_the_connectio
     // Over raw bytes: the head, then nothing until the next request's answer.
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"HEAD /doc HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-    let head = read_head(&mut s).await;
+    let head = read_raw_until(&mut s, "\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(head.to_ascii_lowercase().contains("\r\ncontent-length: 12\r\n"), "{head}");
     assert!(head.to_ascii_lowercase().contains("\r\nx-head: yes\r\n"), "{head}");
     s.write_all(b"GET /after-head HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
-    let next = read_head(&mut s).await;
+    let next = read_raw_until(&mut s, "\r\n\r\n").await;
     assert!(next.starts_with("HTTP/1.1 200"), "bytes after the HEAD answer: {next:?}");
     // And twice more through an HTTP client, on the same upstream connection.
     let mut client = connect(addr).await;
@@ -349,19 +344,6 @@ async fn head_answers_with_a_content_length_carry_no_body_and_keep_the_connectio
     }
     assert_eq!(b.log(), expect(&[(0, "/doc"), (0, "/after-head"), (0, "/doc"), (0, "/ok"), (0, "/doc"), (0, "/ok")]));
     assert_eq!(b.accepts(), 1);
-}
-
-/// Reads up to the end of a response head (and whatever came with it).
-async fn read_head(s: &mut TcpStream) -> String {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-        match tokio::time::timeout(PATIENCE, s.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => got.extend_from_slice(&buf[..n]),
-            other => panic!("no whole head ({other:?}): {}", String::from_utf8_lossy(&got)),
-        }
-    }
-    String::from_utf8_lossy(&got).into_owned()
 }
 
 // ---- 5. 204 and 304 ----
@@ -448,7 +430,7 @@ async fn a_pooled_connection_the_backend_closed_is_replaced_without_an_error() {
     assert_eq!(b.log(), want);
     assert_eq!(b.accepts(), 6);
     // Not the backend's fault: it stays in rotation.
-    assert_eq!(common::up_names(&lb, "app").len(), 1);
+    assert_eq!(support::up_names(&lb, "app").len(), 1);
 }
 
 // ---- 8. headers both ways ----

@@ -2,8 +2,6 @@
 //! real lb, real clients on 127.0.0.1 (TCP clients also from other 127.0.0.0/8 addresses, to
 //! be different client IPs). Plus `--check` on their options through the real binary.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -12,12 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
+
+use crate::support::lbproc::{check_config, Checked};
+use crate::support::*;
 
 fn http_config(pool: &str) -> String {
     format!(
@@ -323,19 +323,7 @@ async fn least_time_sends_most_requests_to_the_fastest_backend() {
     let pool = format!("strategy = \"least_time\"\n{}", TimedBackend::toml(&[&b[0], &b[1], &b[2]]));
     let lb = start_lb(&http_config(&pool)).await;
     let addr = lb.listener_addr("web").unwrap();
-    // Four clients at once, 100 requests each.
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        tasks.push(tokio::spawn(async move {
-            let client = client();
-            for _ in 0..100 {
-                assert_eq!(get(&client, addr, "/").await.0, 200);
-            }
-        }));
-    }
-    for task in tasks {
-        task.await.unwrap();
-    }
+    get_concurrently(addr, 4, 100).await;
     let hits = [b[0].hits(), b[1].hits(), b[2].hits()];
     assert_eq!(hits.iter().sum::<usize>(), 400);
     assert!(hits[0] * 100 >= 70 * 400, "fast got {} of 400 ({hits:?})", hits[0]);
@@ -397,22 +385,6 @@ async fn least_time_in_tcp_mode_times_connects() {
     }
 }
 
-/// Runs `lb --check` on `toml`; returns (success, stdout, stderr, path).
-fn check(name: &str, toml: &str) -> (bool, String, String, String) {
-    let dir = std::env::temp_dir().join(format!("lb-strategies-more-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("lb.toml");
-    std::fs::write(&path, toml).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb"))
-        .arg("--config")
-        .arg(&path)
-        .arg("--check")
-        .output()
-        .unwrap();
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.success(), text(&out.stdout), text(&out.stderr), path.display().to_string())
-}
-
 fn pool_file(mode: &str, pool_lines: &str) -> String {
     format!(
         "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:8080\"\nmode = \"{mode}\"\npool = \"app\"\n\n[pools.app]\n{pool_lines}\nbackends = [{{ addr = \"127.0.0.1:9001\" }}, {{ addr = \"127.0.0.1:9002\", weight = 3 }}]\n"
@@ -430,7 +402,7 @@ fn check_accepts_the_new_strategies_and_their_options() {
         ("ch-query", "strategy = \"consistent_hash\"\nhash_key = \"query:id\""),
         ("ch-ip", "strategy = \"consistent_hash\"\nhash_key = \"client_ip\""),
     ] {
-        let (ok, stdout, stderr, _) = check(name, &pool_file("http", lines));
+        let Checked { ok, stdout, stderr, .. } = check_config(&pool_file("http", lines));
         assert!(ok, "{name}: rejected: {stderr}");
         assert!(stderr.is_empty(), "{name}: unexpected warning: {stderr}");
         assert!(stdout.contains("1 pool(s), 2 backend(s)"), "{name}: {stdout}");
@@ -455,23 +427,23 @@ fn check_rejects_bad_hash_options_with_their_location() {
         ("unknown-strategy", "strategy = \"maglev\"", 8, "unknown variant `maglev`"),
     ];
     for (name, lines, line, needle) in cases {
-        let (ok, stdout, stderr, path) = check(name, &pool_file("http", lines));
+        let Checked { ok, stdout, stderr, path } = check_config(&pool_file("http", lines));
         assert!(!ok, "{name}: accepted: {stdout}");
         assert!(stderr.starts_with(&format!("{path}:{line}:")), "{name}: wrong location: {stderr}");
         assert!(stderr.contains(needle), "{name}: expected {needle:?} in {stderr}");
     }
     // The list of known strategies includes the new ones.
-    let (_, _, stderr, _) = check("list", &pool_file("http", "strategy = \"maglev\""));
+    let stderr = check_config(&pool_file("http", "strategy = \"maglev\"")).stderr;
     assert!(stderr.contains("`consistent_hash`") && stderr.contains("`least_time`"), "{stderr}");
 }
 
 #[test]
 fn check_warns_when_a_tcp_listener_cannot_have_the_hash_key() {
     let lines = "strategy = \"consistent_hash\"\nhash_key = \"header:x-user\"";
-    let (ok, _, stderr, path) = check("tcp-header", &pool_file("tcp", lines));
+    let Checked { ok, stderr, path, .. } = check_config(&pool_file("tcp", lines));
     assert!(ok, "{stderr}");
     assert!(stderr.starts_with(&format!("{path}:5:")), "{stderr}");
     assert!(stderr.contains("warning") && stderr.contains("hashed on the client IP"), "{stderr}");
-    let (ok, _, stderr, _) = check("tcp-ip", &pool_file("tcp", "strategy = \"consistent_hash\""));
+    let Checked { ok, stderr, .. } = check_config(&pool_file("tcp", "strategy = \"consistent_hash\""));
     assert!(ok && stderr.is_empty(), "{stderr}");
 }

@@ -1,12 +1,11 @@
 //! The access log: one line per request (and per TCP session) with exact fields, written to the
 //! configured file, including lb's own answers and retries.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
 
 fn read_lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect()
@@ -23,10 +22,8 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_requests_and_tcp_sessions_are_logged_with_exact_fields() {
-    let dir = std::env::temp_dir().join(format!("lb-access-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("access");
     let log = dir.join("access.log");
-    let _ = std::fs::remove_file(&log);
     let a = TestBackend::start("a").await;
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let toml = format!(
@@ -82,7 +79,6 @@ async fn http_requests_and_tcp_sessions_are_logged_with_exact_fields() {
     assert_eq!(field(&line, "bytes_in"), Some("54"));
     assert_eq!(field(&line, "bytes_out").map(|b| b.parse::<usize>().unwrap()), Some(reply.len()));
     drop(lb);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Heads refused before they become requests (on the byte stream by lb, or unparsable for
@@ -90,10 +86,8 @@ async fn http_requests_and_tcp_sessions_are_logged_with_exact_fields() {
 /// logged with `method=-` and `path="-"`, like every other answer lb gives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_to_heads_that_never_became_requests_are_counted_and_logged() {
-    let dir = std::env::temp_dir().join(format!("lb-access-refused-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("access-refused");
     let log = dir.join("access.log");
-    let _ = std::fs::remove_file(&log);
     let a = TestBackend::start("a").await;
     let toml = format!(
         "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\nmax_headers = 5\naccess_log = \"{}\"\n\n\
@@ -136,7 +130,6 @@ async fn answers_to_heads_that_never_became_requests_are_counted_and_logged() {
         assert!(metrics.contains(&series), "no {series} in:\n{metrics}");
     }
     drop(lb);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

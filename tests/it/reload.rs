@@ -2,18 +2,16 @@
 //! requests and open connections survive it, a broken file or a failed bind changes nothing,
 //! and listeners are added, removed, moved and renamed without a restart.
 
-mod common;
-mod lbproc;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use http_body_util::BodyExt;
-use lbproc::*;
 use tokio::io::AsyncWriteExt;
+
+use crate::support::lbproc::*;
+use crate::support::*;
 
 async fn backends<const N: usize>(names: [&str; N]) -> Vec<TestBackend> {
     let mut v = Vec::new();

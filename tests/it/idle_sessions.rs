@@ -7,18 +7,14 @@
 //! `idle_timeout` is 1 s here (3 s where traffic must outlive it); every wait below is bounded only to keep a broken build from
 //! hanging, never to measure how fast lb was.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-/// Generous bound for something that must happen about one `idle_timeout` from now.
-const PATIENCE: Duration = Duration::from_secs(15);
+use crate::support::*;
 
 async fn tcp_lb(backend: SocketAddr) -> (lb::app::Running, SocketAddr) {
     tcp_lb_idle(backend, "1s").await
@@ -34,27 +30,9 @@ async fn tcp_lb_idle(backend: SocketAddr, idle: &str) -> (lb::app::Running, Sock
     (lb, addr)
 }
 
-/// A backend that reads each connection to its end and reports what it got.
-async fn draining_backend() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let mut got = Vec::new();
-                let _ = s.read_to_end(&mut got).await;
-                let _ = tx.send(got);
-            });
-        }
-    });
-    (addr, rx)
-}
-
 #[tokio::test]
 async fn a_silent_tcp_session_is_closed_on_both_sides_after_idle_timeout() {
-    let (backend, mut ended) = draining_backend().await;
+    let (backend, mut ended) = draining_backend(b"").await;
     let (_lb, addr) = tcp_lb(backend).await;
     let mut client = TcpStream::connect(addr).await.unwrap();
     client.write_all(b"hello").await.unwrap();
@@ -71,7 +49,7 @@ async fn a_silent_tcp_session_is_closed_on_both_sides_after_idle_timeout() {
 
 #[tokio::test]
 async fn a_tcp_session_that_keeps_moving_outlives_idle_timeout() {
-    let (backend, mut ended) = draining_backend().await;
+    let (backend, mut ended) = draining_backend(b"").await;
     // 3 s here, so that a stall of the test machine cannot pass for idleness.
     let (_lb, addr) = tcp_lb_idle(backend, "3s").await;
     let mut client = TcpStream::connect(addr).await.unwrap();
@@ -146,14 +124,10 @@ async fn a_request_body_trickling_after_its_answer_does_not_hold_the_connection(
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                let mut got = Vec::new();
-                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match s.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => got.extend_from_slice(&buf[..n]),
-                    }
+                if read_head(&mut s).await.is_none() {
+                    return;
                 }
+                let mut buf = [0u8; 4096];
                 let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
                 while let Ok(1..) = s.read(&mut buf).await {}
             });
