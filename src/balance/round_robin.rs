@@ -33,7 +33,7 @@ impl Strategy for RoundRobin {
     fn pick(&self, set: &BackendSet<'_>, ctx: &PickCtx<'_>) -> Option<usize> {
         let tried = ctx.tried;
         let position = self.cursor.position.fetch_add(1, Ordering::Relaxed);
-        first_untried(&set.up, position, tried)
+        first_untried(set.up, position, tried)
     }
 }
 
