@@ -1,4 +1,4 @@
-//! Prometheus metrics: one registry owned by the application, names and labels from SPEC.md.
+//! Prometheus metrics: one registry owned by the application, names and labels as the README's "Metrics" section lists them.
 //!
 //! Per-backend series (`lb_requests_total`, `lb_request_duration_seconds`, `lb_backend_up`,
 //! `lb_backend_in_rotation`, `lb_backend_in_flight`, `lb_health_checks_total`) live with the backend's shared state

@@ -1,7 +1,7 @@
 //! A backend's own metric series ([`BackendMetrics`]): its request counts and durations by
 //! listener, and its health-check results. They live on the backend's shared state, so a kept
 //! backend's counters continue across reloads and a removed backend's series go with it;
-//! `crate::metrics` renders them into the families SPEC.md names, at scrape time.
+//! `crate::metrics` renders them into the families the README's "Metrics" section names, at scrape time.
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts};
 

@@ -2,9 +2,10 @@
 //!
 //! hyper accepts a request carrying both `Content-Length` and `Transfer-Encoding`: it drops the
 //! length, reads the body as chunked and closes the connection afterwards. That is safe, but
-//! SPEC promises `400` and nothing forwarded, as nginx and HAProxy do, and by the time the
-//! proxy's service sees the request the `Content-Length` is gone. So the client's byte stream is
-//! read through a [`Scanner`] first (see [`super::checked_stream`]): it finds each request head,
+//! lb promises `400` and nothing forwarded (README, "Request smuggling and malformed
+//! requests"), as nginx and HAProxy do, and by the time the proxy's service sees the request
+//! the `Content-Length` is gone. So the client's byte stream is read through a [`Scanner`]
+//! first (see `crate::server::checked_stream`): it finds each request head,
 //! judges it, and skips the body by its framing (`Content-Length` bytes, or chunks up to the last
 //! one and its trailers) to find the next head.
 //!
@@ -12,7 +13,7 @@
 //! so that those get lb's own answer too.
 //!
 //! The scanner must see every message boundary where hyper does. Chunked bodies are followed
-//! byte by byte with hyper's own state machine (`proto/h1/decode.rs`); at a byte hyper fails on,
+//! byte by byte with the states of hyper's own chunked decoder; at a byte hyper fails on,
 //! the scanner passes that byte (hyper answers) and refuses everything after it
 //! ([`Refusal::Malformed`]). A head hyper refuses itself (a line without a colon, a bad or second
 //! different `Content-Length`) turns the scanner off (`State::Off`): hyper answers `400` and

@@ -1,7 +1,7 @@
 //! L7 forwarding: one client request → pick a backend → forward → stream the answer back.
 //!
 //! Per request: load the pool snapshot once, clean the headers (hop-by-hop out, X-Forwarded-*
-//! in), then try backends chosen by the pool's strategy. Failover follows SPEC.md: a failed
+//! in), then try backends chosen by the pool's strategy. Failover follows the README's "Forwarding" section: a failed
 //! connect is always retried on another backend (the request has not left the proxy); a request
 //! that may have reached a backend is replayed only when it is idempotent, has no body and no
 //! response byte has reached the client — which here is always true before the response head

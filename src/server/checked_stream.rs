@@ -1,6 +1,7 @@
 //! An HTTP/1 client connection as hyper reads it: every request head is judged by a
-//! [`Scanner`] before hyper sees any byte of it, so a head hyper would accept but SPEC refuses
-//! (both `Content-Length` and `Transfer-Encoding`) never becomes a request.
+//! [`Scanner`] before hyper sees any byte of it, so a head hyper would accept but lb refuses
+//! (both `Content-Length` and `Transfer-Encoding`; README, "Request smuggling and malformed
+//! requests") never becomes a request.
 //!
 //! It also tells the connection's [`Activity`] when a head arrives in pieces (timed by
 //! `header_timeout`) and when writes to the client block (a client that stops reading is

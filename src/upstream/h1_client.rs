@@ -8,7 +8,7 @@
 //!
 //! Only requests without a body that ask for no upgrade come here: most traffic, and requests
 //! that every try can rebuild from the same head. Requests with a body and upgrades keep hyper's
-//! client (`upstream.rs`), which streams a body while it reads the answer.
+//! client (`super::idle::connect`), which streams a body while it reads the answer.
 //!
 //! Responses are framed as RFC 9112 section 6.3 says: no body for HEAD, 1xx, 204 and 304;
 //! `Transfer-Encoding` ending in `chunked`; otherwise `Content-Length`; otherwise until close.
