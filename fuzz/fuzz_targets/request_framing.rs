@@ -1,4 +1,4 @@
-//! The HTTP/1 request framing scanner (`lb::proxy::framing`) on arbitrary byte streams: it
+//! The HTTP/1 request framing scanner (`lb::http1::framing`) on arbitrary byte streams: it
 //! never panics, never passes more bytes than it was given, and reaches the same verdict (bytes
 //! passed, head refused or not) however the stream is cut into reads, as the stream wrapper
 //! feeds it.
@@ -6,7 +6,7 @@
 //! Input: byte 0 is the read size (1..=256); the rest is the client's byte stream.
 #![no_main]
 
-use lb::proxy::framing::{Scan, Scanner};
+use lb::http1::framing::{Scan, Scanner};
 use libfuzzer_sys::fuzz_target;
 
 /// Feeds `stream` in reads of `step` bytes, holding back what is not yet judged.
