@@ -39,7 +39,8 @@ nginx -c "$W/backend/nginx.conf" -p "$W/backend" &
 PIDS+=($!)
 wait_port "$BACKEND"
 
-# Starts proxy $1 under callgrind on port $2 writing to $3; prints its pid.
+# Starts proxy $1 under callgrind on port $2 writing to $3; prints its pid. Its output goes to a
+# file: the caller reads the pid through a pipe, which must not stay open in the proxy.
 start_proxy() {
   local name=$1 listen=$2 out=$3 dir="$W/$1-$2"
   mkdir -p "$dir"
@@ -54,7 +55,8 @@ pool = "app"
 strategy = "round_robin"
 backends = [{ addr = "127.0.0.1:$BACKEND" }]
 EOF
-    LB_LOG=error valgrind -q --tool=callgrind --callgrind-out-file="$out" "$LB" --config "$dir/lb.toml" --workers 1 &
+    LB_LOG=error valgrind -q --tool=callgrind --callgrind-out-file="$out" "$LB" --config "$dir/lb.toml" --workers 1 \
+      >"$dir/log" 2>&1 &
     ;;
   nginx)
     cat >"$dir/nginx.conf" <<EOF
@@ -67,7 +69,7 @@ http {
     location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
 EOF
-    valgrind -q --tool=callgrind --callgrind-out-file="$out" nginx -c "$dir/nginx.conf" -p "$dir" &
+    valgrind -q --tool=callgrind --callgrind-out-file="$out" nginx -c "$dir/nginx.conf" -p "$dir" >"$dir/log" 2>&1 &
     ;;
   haproxy)
     cat >"$dir/haproxy.cfg" <<EOF
@@ -85,7 +87,7 @@ frontend web
 backend app
   server s1 127.0.0.1:$BACKEND
 EOF
-    valgrind -q --tool=callgrind --callgrind-out-file="$out" haproxy -f "$dir/haproxy.cfg" -db &
+    valgrind -q --tool=callgrind --callgrind-out-file="$out" haproxy -f "$dir/haproxy.cfg" -db >"$dir/log" 2>&1 &
     ;;
   esac
   echo $!
@@ -103,7 +105,9 @@ count() {
   grep -q "succeeded, 0 errored, 0 timeout" "$W/$name-$n.h2load" ||
     grep -q "$n succeeded" "$W/$name-$n.h2load" || { cat "$W/$name-$n.h2load" >&2; exit 1; }
   kill -TERM "$pid"
-  wait "$pid" 2>/dev/null || true
+  # Not this shell's child (started in a command substitution): poll until it has exited and
+  # callgrind has written its totals.
+  for _ in $(seq 1 600); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   awk '/^(summary|totals):/ {print $2; exit}' "$out"
 }
 

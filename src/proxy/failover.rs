@@ -26,6 +26,7 @@ impl<'a> Failover<'a> {
     }
 
     /// The next backend to try, or `None` when every one in rotation has been tried.
+    #[inline]
     pub fn next(&mut self, metrics: &Metrics) -> Option<usize> {
         let index = self.pool.pick(&PickCtx { tried: &self.tried, key_hash: self.key_hash })?;
         if std::mem::take(&mut self.retrying) {
@@ -36,6 +37,7 @@ impl<'a> Failover<'a> {
     }
 
     /// Records a failed try at `index`; true when the pool's `retries` allow another try.
+    #[inline]
     pub fn failed(&mut self, index: usize) -> bool {
         self.tried.push(index);
         self.retrying = self.tried.len() <= self.pool.settings.retries as usize;

@@ -226,6 +226,7 @@ impl HttpProxy {
     }
 
     /// How the request goes out (see [`Outgoing`]), with the forwarding headers.
+    #[inline]
     fn outgoing(
         &self,
         mut parts: request::Parts,
@@ -252,6 +253,7 @@ impl HttpProxy {
     /// The client's response from a backend's answer: its head cleaned of hop-by-hop headers
     /// and its body streamed (counted in flight until the end); a `101` to an upgrade starts
     /// the tunnel between the two upgraded connections.
+    #[inline]
     fn answered(
         &self,
         answer: Answer,
@@ -336,6 +338,7 @@ async fn try_backend(
 /// of `Host`), and becomes the `Host` sent on. Userinfo (`user@`) is no part of a host. Two
 /// `Host` headers, none on HTTP/1.1, or an empty or malformed one are refused (RFC 9112 §3.2)
 /// rather than guessed at (the authority form was checked by the URI parser).
+#[inline]
 fn target(parts: &mut request::Parts, version: Version) -> Result<Option<HeaderValue>, limits::Refusal> {
     let authority = parts.uri.authority().and_then(|a| {
         let hostport = a.as_str().rsplit('@').next().unwrap_or_default();
@@ -364,6 +367,7 @@ fn target(parts: &mut request::Parts, version: Version) -> Result<Option<HeaderV
 }
 
 /// Backends get origin-form over HTTP/1.1 whatever the client spoke.
+#[inline]
 fn origin_form(parts: &mut request::Parts) {
     if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
         parts.uri = match parts.uri.path_and_query() {
@@ -379,6 +383,7 @@ fn origin_form(parts: &mut request::Parts) {
 
 /// lb's answer when no try succeeded: `503` when no backend was in rotation at all, else `504`
 /// when the last try timed out and `502` otherwise.
+#[inline]
 fn gave_up(tried_any: bool, last_timed_out: bool, pool: &str) -> Response<RespBody> {
     if !tried_any {
         local::no_backend(pool)
@@ -400,6 +405,7 @@ enum Judged {
 }
 
 /// Logs a failed try, marks the backend passively where it is at fault, and says what next.
+#[inline]
 fn judge_failure(pool: &Pool, backend: &Backend, failure: TryFailure, replay_stale: bool) -> Judged {
     match failure {
         TryFailure::Connect(e) => {
