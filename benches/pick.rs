@@ -16,10 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use lb::backend::{Backend, InFlight};
-use lb::balance::{hash_bytes, PickCtx};
 use lb::config::{BalanceFactor, HashKey, HashOptions, StrategyKind};
-use lb::pool::{Pool, PoolSettings};
+use lb::internals::{hash_bytes, Backend, InFlight, PickCtx, Pool, PoolSettings};
 
 const SIZES: [usize; 4] = [2, 16, 256, 4096];
 

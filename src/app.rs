@@ -26,6 +26,11 @@ use crate::server::{self, ListenerExtras, ListenerRuntime};
 use crate::shutdown::Drain;
 use crate::workers::{self, Workers};
 
+/// Data-plane threads when `--workers` is 0: one per CPU core.
+pub fn default_workers() -> usize {
+    workers::default_count()
+}
+
 /// Why the proxy could not start, or a reload was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -119,7 +124,7 @@ impl Running {
         Self::start_with_workers(config, workers::default_count()).await
     }
 
-    /// [`Running::start`] with `workers` data-plane threads (see [`crate::workers`]).
+    /// [`Running::start`] with `workers` data-plane threads (see `crate::workers`).
     pub async fn start_with_workers(config: Config, workers: usize) -> Result<Running, StartError> {
         let pools: BTreeMap<String, PoolHandle> = config
             .pools

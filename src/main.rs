@@ -157,7 +157,7 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let workers = if cli.workers == 0 { lb::workers::default_count() } else { cli.workers };
+    let workers = if cli.workers == 0 { lb::app::default_workers() } else { cli.workers };
     let mut running = match lb::app::Running::start_with_workers(loaded.config.clone(), workers).await {
         Ok(r) => r,
         Err(e) => {

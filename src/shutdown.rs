@@ -52,8 +52,4 @@ impl Signal {
         // An error means the Drain is gone, which also means: stop.
         let _ = self.rx.wait_for(|v| *v).await;
     }
-
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
 }

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use lb::http1::headers::{
+use lb::internals::headers::{
     add_forwarding, client_ip_value, for_each_forwarded, is_upgrade_request, strip_hop_by_hop, Forwarded,
 };
 use libfuzzer_sys::fuzz_target;

@@ -6,7 +6,7 @@
 //! Input: byte 0 is the read size (1..=256); the rest is the client's byte stream.
 #![no_main]
 
-use lb::http1::framing::{Scan, Scanner};
+use lb::internals::framing::{Scan, Scanner};
 use libfuzzer_sys::fuzz_target;
 
 /// Feeds `stream` in reads of `step` bytes, holding back what is not yet judged.

@@ -6,7 +6,7 @@
 //! rest is what the backend sent.
 #![no_main]
 
-use lb::upstream::h1_client::read_response;
+use lb::internals::read_response;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -24,7 +24,7 @@ use http::{HeaderMap, Uri};
 use crate::backend::{Backend, Cursor};
 use crate::config::StrategyKind;
 
-pub use consistent_hash::{hash_bytes, hash_ip, ConsistentHash, MAX_PROBES};
+pub use consistent_hash::{hash_bytes, hash_ip, ConsistentHash};
 pub use least_connections::LeastConnections;
 pub use least_time::LeastTime;
 pub use random::Random;

@@ -23,7 +23,7 @@
 use memchr::{memchr, memchr2};
 
 /// A head that has not ended within this many bytes is refused (hyper's buffer is this size,
-/// see [`super::MAX_HEAD_BYTES`]).
+/// see `super::MAX_HEAD_BYTES`).
 pub const MAX_HEAD: usize = super::MAX_HEAD_BYTES;
 
 /// What [`Scanner::scan`] found in the bytes it was given.

@@ -15,4 +15,4 @@ pub mod local;
 pub mod response_body;
 pub mod tcp;
 
-pub use self::http::{HttpProxy, RespBody};
+pub use self::http::HttpProxy;

@@ -295,7 +295,7 @@ async fn silent_admin_connections_are_closed_and_cannot_crowd_out_a_scrape() {
     let admin = lb.admin_addr().unwrap();
     // More silent connections than the admin serves at once.
     let mut silent = Vec::new();
-    for _ in 0..lb::admin::MAX_CONNECTIONS + 8 {
+    for _ in 0..lb::internals::ADMIN_MAX_CONNECTIONS + 8 {
         silent.push(tokio::net::TcpStream::connect(admin).await.unwrap());
     }
     // hyper's 10 s head timer closes them...

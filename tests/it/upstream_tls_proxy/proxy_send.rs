@@ -80,7 +80,7 @@ async fn health_probes_of_a_send_proxy_pool_send_a_local_header() {
     );
     let lb = start_lb(&toml).await;
     let pool = lb.pool("p").unwrap().clone();
-    let checked = || pool.load().backends[0].health().last_check().0 == lb::backend::CheckResult::Success;
+    let checked = || pool.load().backends[0].health().last_check().0 == lb::internals::CheckResult::Success;
     assert!(eventually(Duration::from_secs(5), checked).await, "{:?}", pool.load().backends[0].health().last_check());
     assert_eq!(up_names(&lb, "p"), ["pp"]);
 }
