@@ -3,7 +3,11 @@
 //! hygiene for both directions ([`headers`]: hop-by-hop removal, `X-Forwarded-*`).
 //!
 //! The response side's parser (lb's own upstream client) lives with that client in
-//! `upstream/h1_client.rs` and takes its limits from here.
+//! `upstream/h1_client.rs` and takes its limits from here. Its chunked decoder is not the
+//! request scanner's on purpose: the scanner must accept exactly what hyper's server accepts
+//! (bare LF in trailers, any number of leading zeros) so that it finds every boundary hyper
+//! finds, while lb's client is strict about what backends send (CRLF everywhere, bounded lines);
+//! one decoder for both would loosen one side or break the other.
 
 pub mod framing;
 pub mod headers;
