@@ -27,6 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 /// second of lines.
 const QUEUE: usize = 64 * 1024;
 
+/// The writer's buffer: one write system call per tick at ordinary rates.
+const WRITE_BUF: usize = 64 * 1024;
+
 /// How often the writer wakes to drain the queue. The writer never blocks on the channel, so a
 /// request never pays for waking it (a futex wake per line would cost more than the line).
 const TICK: Duration = Duration::from_millis(10);
@@ -251,7 +254,7 @@ fn open_target(target: &Target) -> io::Result<Box<dyn Write + Send>> {
 }
 
 fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, target: &Target, dropped: Arc<AtomicU64>) {
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
+    let mut out = BufWriter::with_capacity(WRITE_BUF, out);
     let mut reported = 0;
     loop {
         std::thread::sleep(TICK);
@@ -271,7 +274,7 @@ fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, target: &Target, dr
                     if let Target::File(_) = target {
                         match open_target(target) {
                             Ok(new) => {
-                                out = BufWriter::with_capacity(64 * 1024, new);
+                                out = BufWriter::with_capacity(WRITE_BUF, new);
                                 tracing::info!(access_log = %target, "access log reopened");
                             }
                             Err(e) => {
