@@ -26,11 +26,14 @@
 //! On HTTP/2 the bytes are counted by a [`FloodMeter`] on their way to hyper; a control-frame
 //! flood ends the connection with a read error.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 use super::deadlines::Activity;
 use super::h2_flood::FloodMeter;
@@ -96,7 +99,26 @@ pub struct CheckedStream<S> {
     activity: Activity,
     /// Follows an HTTP/2 connection's frames (an HTTP/1 one only for its first bytes).
     meter: FloodMeter,
+    /// Set once lb has shut its side down: what is still read and thrown away before close.
+    linger: Option<Linger>,
 }
+
+/// After lb shut its side of a connection down (a GOAWAY sent, a `Connection: close` answer
+/// written), the client's bytes still on their way are read and dropped for up to
+/// [`LINGER_TIME`] or [`LINGER_BYTES`], or until the client closes too (nginx's lingering
+/// close, with a far shorter wait).
+/// Closing a socket with unread bytes makes the kernel send a reset, and a reset can destroy
+/// the answer lb just wrote before the client has read it: a client flooding lb would never
+/// see the GOAWAY that tells it why.
+struct Linger {
+    deadline: Pin<Box<Sleep>>,
+    left: usize,
+}
+
+/// Short: a client that keeps its socket open after lb's FIN would otherwise hold the
+/// connection (and a shutdown) this long; flood bytes on loopback or a LAN arrive well within it.
+const LINGER_TIME: Duration = Duration::from_millis(250);
+const LINGER_BYTES: usize = 1 << 20;
 
 /// The read error that ends a connection found flooding.
 fn flood() -> io::Error {
@@ -118,6 +140,7 @@ impl<S> CheckedStream<S> {
             write_blocked: false,
             activity,
             meter: FloodMeter::default(),
+            linger: None,
         }
     }
 }
@@ -275,7 +298,7 @@ fn written(res: &Poll<io::Result<usize>>) -> Option<bool> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let res = Pin::new(&mut self.inner).poll_write(cx, buf);
         self.note_write(written(&res));
@@ -305,11 +328,29 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.refused.is_some() {
-            // Hyper has finished what came before the refused head; the answer goes last.
-            ready!(this.poll_answer(cx))?;
+        if this.linger.is_none() {
+            if this.refused.is_some() {
+                // Hyper has finished what came before the refused head; the answer goes last.
+                ready!(this.poll_answer(cx))?;
+            }
+            ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            this.linger = Some(Linger { deadline: Box::pin(tokio::time::sleep(LINGER_TIME)), left: LINGER_BYTES });
         }
-        Pin::new(&mut this.inner).poll_shutdown(cx)
+        let Some(linger) = this.linger.as_mut() else { return Poll::Ready(Ok(())) };
+        let mut sink = [0u8; 4096];
+        loop {
+            if linger.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Ok(()));
+            }
+            let mut buf = ReadBuf::new(&mut sink);
+            match ready!(Pin::new(&mut this.inner).poll_read(cx, &mut buf)) {
+                Ok(()) if !buf.filled().is_empty() && buf.filled().len() < linger.left => {
+                    linger.left -= buf.filled().len();
+                }
+                // The client closed (or reset, or sent more than is worth reading): done.
+                _ => return Poll::Ready(Ok(())),
+            }
+        }
     }
 }
 
