@@ -33,8 +33,8 @@ const OUT_BOUND: u64 = 2 << 20;
 /// segment that crosses it) and what is in flight within the client's small window.
 const QUEUE_BOUND: u64 = 512 << 10;
 /// Body bytes in lb's memory for a client that read nothing: hyper's 64 KiB write batch and
-/// the 8 KiB reads once the client is seen to be behind (73 KiB measured; 156 KiB when reads
-/// kept growing to 256 KiB).
+/// the smaller reads once the client is seen to lag (73 KiB measured; 156 KiB when reads kept
+/// growing to 256 KiB).
 const HELD_BOUND: u64 = 128 << 10;
 
 /// A backend that answers every request with a `BODY`-byte body through a small send buffer,
