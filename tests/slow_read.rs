@@ -10,8 +10,12 @@
 //! fix lb let the kernel grow the client socket's send queue to megabytes (4 MiB is
 //! `tcp_wmem`'s usual maximum) and held 256 KiB pieces of the body for a client that read
 //! nothing. Nothing is timed: the settling wait only decides when to look.
+//!
+//! After a burst of slow readers, the real `lb` binary must give the memory back (glibc's
+//! malloc kept it for good; the binary now uses jemalloc with its background thread).
 
 mod common;
+mod lbproc;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -219,4 +223,44 @@ async fn a_client_that_stops_after_reading_fast_holds_back_the_backend() {
     // One 256 KiB piece partly written, and hyper's 64 KiB batch.
     assert!(c.held < 320 << 10, "lb holds {} bytes of the body", c.held);
     tokio::time::timeout(PATIENCE, read_body(&mut client, BODY - first)).await.expect("the rest did not follow");
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn memory_goes_back_after_a_burst_of_slow_readers() {
+    let (backend, sent) = big_body_backend().await;
+    let toml = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+         [pools.app]\nstrategy = \"round_robin\"\nbackends = [{{ addr = \"{backend}\" }}]\n"
+    );
+    let lb = lbproc::Lb::start(&toml, &["--workers", "1"]).await;
+    let addr = lb.listener_addr(0, "web").await;
+    let start = rss_kib(lb.pid());
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        clients.push(slow_client(addr, 4096).await);
+    }
+    settled(&sent).await;
+    let peak = rss_kib(lb.pid());
+    assert!(peak > start + 10 * 1024, "300 slow readers cost lb only {} KiB", peak - start);
+    drop(clients);
+    // Back to within a quarter of the burst; the deadline only turns "never" into a failure.
+    let target = start + (peak - start) / 4;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut now = peak;
+    while tokio::time::Instant::now() < deadline {
+        now = rss_kib(lb.pid());
+        if now <= target {
+            eprintln!("lb's RSS: {start} KiB at start, {peak} KiB with 300 slow readers, {now} KiB after");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("lb's RSS: {start} KiB at start, {peak} KiB with 300 slow readers, still {now} KiB after they left");
 }
