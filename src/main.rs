@@ -8,6 +8,12 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{signal, SignalKind};
 
+/// jemalloc with its background thread: it gives freed memory back to the system within
+/// seconds of a burst (slow readers, a spike of connections) even when lb then sits idle;
+/// glibc's malloc kept the high-water mark for good (see Cargo.toml).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// A Layer-4/7 load-balancing reverse proxy.
 ///
 /// Signals: SIGHUP reloads the config; SIGTERM/SIGINT stop accepting, let in-flight requests

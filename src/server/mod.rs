@@ -41,6 +41,16 @@ use checked_stream::CheckedStream;
 use deadlines::{Activity, ConnTimeouts, Expired};
 use h2_stream::StreamExec;
 
+/// Unsent bytes an HTTP client's socket may hold before it stops taking more from lb
+/// (`TCP_NOTSENT_LOWAT`). Without it the kernel grows the send buffer of a client that reads
+/// nothing up to `tcp_wmem`'s maximum (4 MiB; 550 KB per connection measured under
+/// `slowhttptest -X`, as for nginx and HAProxy), and lb keeps reading the backend to fill it.
+/// With it a slow reader pushes back on lb, and through lb on the backend, after about this
+/// much. Twice hyper's write batch (`MAX_HEAD_BYTES`), so that a batch always fits; bytes sent
+/// and not yet acknowledged do not count, so it does not limit a fast client's window.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+const CLIENT_NOTSENT_LOWAT: u32 = 128 * 1024;
+
 /// Pending connections the kernel may queue beyond `max_connections`.
 const BACKLOG: u32 = 4096;
 
@@ -319,6 +329,11 @@ pub(crate) async fn accept_backoff(listener: &str, e: &io::Error) {
 
 async fn serve(mut stream: TcpStream, peer: SocketAddr, rt: &ListenerRuntime, mut signal: Signal) {
     let _ = stream.set_nodelay(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if rt.mode == Mode::Http {
+        // Best effort: without it a slow reader only costs more memory.
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(CLIENT_NOTSENT_LOWAT);
+    }
     rt.counters.total.inc();
     rt.counters.open.inc();
     let _open = OpenConnection(rt.counters.open.clone());

@@ -39,9 +39,13 @@ const MAX_INFORMATIONAL: usize = 64;
 /// Longest chunk-size line (with extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Read sizes: small answers need one small buffer; a body that keeps filling it gets a larger
-/// one, up to the cap.
+/// one, up to the cap, while the client takes what was read before (see `H1Conn::make_room`).
 const READ_MIN: usize = 8 * 1024;
 const READ_MAX: usize = 256 * 1024;
+/// hyper's server asks a body for more while less than its buffer size (`max_buf_size`, the
+/// 64 KiB head limit) waits to be written to the client; a read at least this large is written
+/// out before the body is asked again, unless the client is slower than the backend.
+const CLIENT_BATCH: usize = 64 * 1024;
 /// An idle connection keeps its read buffer only up to this size.
 const KEEP_BUF: usize = 16 * 1024;
 
@@ -87,13 +91,15 @@ pub struct H1Conn {
     io: BackendStream,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
-    /// Size of the next read: grows while reads fill it.
+    /// Size of the next read: grows while reads fill it and the client keeps up.
     read_size: usize,
+    /// The last read filled the buffer: the backend has more ready.
+    filled: bool,
 }
 
 impl H1Conn {
     pub fn new(io: BackendStream) -> H1Conn {
-        H1Conn { io, buf: BytesMut::new(), read_size: READ_MIN }
+        H1Conn { io, buf: BytesMut::new(), read_size: READ_MIN, filled: false }
     }
 
     /// False when the backend closed (or wrote to) this idle connection. Costs no system call
@@ -187,16 +193,37 @@ impl H1Conn {
     /// Reads more bytes into the buffer; `Ok(0)` at end of stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
-            self.buf.reserve(self.read_size);
+            self.make_room();
         }
         let spare = self.buf.capacity() - self.buf.len();
         let res = tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf);
         if let Poll::Ready(Ok(n)) = res {
-            if n == spare && self.read_size < READ_MAX {
-                self.read_size *= 2;
-            }
+            self.filled = n == spare;
         }
         res
+    }
+
+    /// Makes room for the next read, sized by how the client keeps up.
+    ///
+    /// Every body piece is a slice of this buffer, so it can be reclaimed without allocating
+    /// only once all the pieces read into it are dropped, i.e. written to the client. hyper's
+    /// server asks for the next piece before writing while less than `CLIENT_BATCH` waits, and
+    /// writes before asking again otherwise; so a reclaim that works means the client took
+    /// everything, and reads may grow. One that fails after a read of a whole batch means the
+    /// client is slower than the backend: reads halve (down to `CLIENT_BATCH / 2`), so that a
+    /// slow reader parks less of the body in lb (it used to hold 256 KiB pieces, 330 KB per
+    /// connection under `slowhttptest -X`). Halving rather than dropping to `READ_MIN` keeps
+    /// a client that is only somewhat slower (most downloads) on large reads: dropping cost
+    /// up to 1.7x the system calls per byte of a download to curl, for no less memory.
+    fn make_room(&mut self) {
+        if self.buf.try_reclaim(self.read_size) {
+            if self.filled && self.read_size < READ_MAX {
+                self.read_size *= 2;
+            }
+        } else if self.read_size >= CLIENT_BATCH {
+            self.read_size /= 2;
+        }
+        self.buf.reserve(self.read_size);
     }
 }
 

@@ -18,6 +18,7 @@ mod metrics;
 mod operator_signals;
 mod reload;
 mod shutdown;
+mod slow_read;
 mod status_page;
 mod strategies_more;
 mod tcp_tls;
