@@ -92,6 +92,8 @@ pub struct Scanner {
     head: HeadScan,
     /// Header lines allowed per head (`max_headers`).
     max_headers: usize,
+    /// The last head judged may have turned the connection into a tunnel.
+    tunnel: bool,
 }
 
 impl Default for Scanner {
@@ -107,8 +109,10 @@ enum Next {
     Chunked,
     /// No body: another head follows.
     Head,
-    /// Stop judging (tunnel, HTTP/2, or a head hyper refuses itself).
+    /// Stop judging (HTTP/2, or a head hyper refuses itself).
     Off,
+    /// Stop judging: the head may turn the connection into a tunnel.
+    Tunnel,
     /// Refused (see [`Refusal`]).
     Refuse(Refusal),
 }
@@ -116,7 +120,7 @@ enum Next {
 impl Scanner {
     /// A scanner for a new connection, allowing `max_headers` header lines per head.
     pub fn new(max_headers: usize) -> Self {
-        Scanner { state: State::Head, head: HeadScan::default(), max_headers }
+        Scanner { state: State::Head, head: HeadScan::default(), max_headers, tunnel: false }
     }
 
     /// True while the scanner expects a request head: unjudged bytes held now are the start of
@@ -128,6 +132,12 @@ impl Scanner {
     /// True once the scanner has stopped judging; every later byte passes.
     pub fn is_off(&self) -> bool {
         self.state == State::Off
+    }
+
+    /// True once a head that may become a tunnel (an HTTP/1.1 upgrade, `CONNECT`) was passed:
+    /// the connection's bytes may then be the tunnel's, not HTTP.
+    pub fn may_tunnel(&self) -> bool {
+        self.tunnel
     }
 
     /// Judges `data`, the bytes that follow everything judged so far. Bytes reported as passed
@@ -171,6 +181,10 @@ impl Scanner {
                         Next::Body(n) => State::Body(n),
                         Next::Chunked => State::Chunked(Chunk::Start),
                         Next::Off => State::Off,
+                        Next::Tunnel => {
+                            self.tunnel = true;
+                            State::Off
+                        }
                     };
                     pos += end;
                 }
@@ -352,7 +366,7 @@ impl HeadScan {
         } else if self.connect || (self.http11 && self.upgrade && self.connection_upgrade) {
             // Heads lb tunnels: what follows is the tunnel's if the backend agrees (and lb
             // closes the connection if it does not).
-            Next::Off
+            Next::Tunnel
         } else if self.te {
             // hyper refuses a Transfer-Encoding that does not end in chunked, and on HTTP/1.0.
             Next::Chunked

@@ -334,6 +334,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for CheckedStream<S> {
                 ready!(this.poll_answer(cx))?;
             }
             ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+            if this.scanner.may_tunnel() {
+                // An upgraded tunnel half-closes toward the client while the client's bytes
+                // still go to the backend through the other half: nothing here is to be dropped.
+                return Poll::Ready(Ok(()));
+            }
             this.linger = Some(Linger { deadline: Box::pin(tokio::time::sleep(LINGER_TIME)), left: LINGER_BYTES });
         }
         let Some(linger) = this.linger.as_mut() else { return Poll::Ready(Ok(())) };

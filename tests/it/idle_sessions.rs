@@ -154,3 +154,45 @@ async fn a_request_body_trickling_after_its_answer_does_not_hold_the_connection(
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok"), "{answer}");
 }
+
+/// A tunnel half-closes: once the backend is done sending, what the client sends after still
+/// reaches the backend, in full (lb shuts its side toward the client down but drops nothing of
+/// what the client goes on sending, unlike a plain HTTP connection it is closing).
+#[tokio::test]
+async fn a_websocket_tunnel_half_closed_by_the_backend_still_carries_the_client_bytes() {
+    let backend = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let baddr = backend.local_addr().unwrap();
+    let (got_tx, mut got_rx) = mpsc::channel::<Vec<u8>>(1);
+    tokio::spawn(async move {
+        let (mut s, _) = backend.accept().await.unwrap();
+        if read_head(&mut s).await.is_none() {
+            return;
+        }
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+            .await
+            .unwrap();
+        // Done sending: half-close, then take whatever the client sends until it closes.
+        s.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        let _ = got_tx.send(got).await;
+    });
+    let toml = format!(
+        "[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+         [pools.app]\nstrategy = \"round_robin\"\nbackends = [{{ addr = \"{baddr}\" }}]\n"
+    );
+    let lb = start_lb(&toml).await;
+    let (mut s, head) = open_websocket(lb.listener_addr("web").unwrap()).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    // The backend's half-close comes through as the end of the stream...
+    let mut rest = Vec::new();
+    tokio::time::timeout(PATIENCE, s.read_to_end(&mut rest)).await.expect("half-close passed on").unwrap();
+    assert!(rest.is_empty(), "{rest:?}");
+    // ...and the client's bytes after it still go through.
+    let payload: Vec<u8> = (0..64 * 1024).map(|i| (i % 251) as u8).collect();
+    s.write_all(&payload).await.unwrap();
+    s.shutdown().await.unwrap();
+    let got = tokio::time::timeout(PATIENCE, got_rx.recv()).await.expect("backend saw the end").unwrap();
+    assert_eq!(got.len(), payload.len());
+    assert!(got == payload, "the bytes differ");
+}
