@@ -18,7 +18,7 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -57,8 +57,6 @@ enum Msg {
     Line(String),
     /// Flush everything queued before this, then answer.
     Flush(mpsc::Sender<()>),
-    /// Write out everything queued before this, then open the target's path again.
-    Reopen,
 }
 
 /// The sending side; cheap to share between listeners writing to the same target.
@@ -66,6 +64,9 @@ enum Msg {
 pub struct AccessLog {
     tx: SyncSender<Msg>,
     dropped: Arc<AtomicU64>,
+    /// Set by [`AccessLog::reopen`]; the writer opens its file again at its next tick, after
+    /// the lines it drained.
+    reopen: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -73,7 +74,6 @@ impl std::fmt::Debug for Msg {
         f.write_str(match self {
             Msg::Line(_) => "Line",
             Msg::Flush(_) => "Flush",
-            Msg::Reopen => "Reopen",
         })
     }
 }
@@ -84,27 +84,18 @@ impl AccessLog {
         let out = open_target(target)?;
         let (tx, rx) = mpsc::sync_channel(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        let d = dropped.clone();
+        let reopen = Arc::new(AtomicBool::new(false));
+        let (d, r) = (dropped.clone(), reopen.clone());
         let target = target.clone();
-        std::thread::Builder::new().name("lb-access-log".into()).spawn(move || write_loop(rx, out, &target, d))?;
-        Ok(Arc::new(AccessLog { tx, dropped }))
+        std::thread::Builder::new().name("lb-access-log".into()).spawn(move || write_loop(rx, out, &target, d, &r))?;
+        Ok(Arc::new(AccessLog { tx, dropped, reopen }))
     }
 
     /// Asks the writer to open its file again (`SIGUSR1`), after writing out every line sent
     /// before. A file that cannot be opened is logged, and lines go on to the old one.
+    /// A flag, not a queued message: the caller (the control thread) never waits on a full queue.
     pub fn reopen(&self) {
-        // Queued behind the lines before it; if the queue is full the writer is behind, and
-        // this one request is worth waiting a tick for.
-        let mut msg = Msg::Reopen;
-        for _ in 0..100 {
-            match self.tx.try_send(msg) {
-                Err(TrySendError::Full(back)) => {
-                    msg = back;
-                    std::thread::sleep(TICK);
-                }
-                _ => return,
-            }
-        }
+        self.reopen.store(true, Ordering::Release);
     }
 
     fn send(&self, line: String) {
@@ -253,7 +244,13 @@ fn open_target(target: &Target) -> io::Result<Box<dyn Write + Send>> {
     })
 }
 
-fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, target: &Target, dropped: Arc<AtomicU64>) {
+fn write_loop(
+    rx: Receiver<Msg>,
+    out: Box<dyn Write + Send>,
+    target: &Target,
+    dropped: Arc<AtomicU64>,
+    reopen: &AtomicBool,
+) {
     let mut out = BufWriter::with_capacity(WRITE_BUF, out);
     let mut reported = 0;
     loop {
@@ -269,24 +266,26 @@ fn write_loop(rx: Receiver<Msg>, out: Box<dyn Write + Send>, target: &Target, dr
                     let _ = out.flush();
                     let _ = ack.send(());
                 }
-                Ok(Msg::Reopen) => {
-                    let _ = out.flush();
-                    if let Target::File(_) = target {
-                        match open_target(target) {
-                            Ok(new) => {
-                                out = BufWriter::with_capacity(WRITE_BUF, new);
-                                tracing::info!(access_log = %target, "access log reopened");
-                            }
-                            Err(e) => {
-                                tracing::error!(access_log = %target, error = %e, "cannot reopen access log; writing to the old file")
-                            }
-                        }
-                    }
-                }
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => {
                     closed = true;
                     break;
+                }
+            }
+        }
+        // Lines drained above were sent before the signal or about when it came: they go to the
+        // old file, the rest to the new one.
+        if reopen.swap(false, Ordering::AcqRel) {
+            let _ = out.flush();
+            if let Target::File(_) = target {
+                match open_target(target) {
+                    Ok(new) => {
+                        out = BufWriter::with_capacity(WRITE_BUF, new);
+                        tracing::info!(access_log = %target, "access log reopened");
+                    }
+                    Err(e) => {
+                        tracing::error!(access_log = %target, error = %e, "cannot reopen access log; writing to the old file")
+                    }
                 }
             }
         }

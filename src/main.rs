@@ -59,18 +59,19 @@ enum LogFormat {
 /// handshake (an IP address as SNI, warning alerts, renegotiation attempts). lb's own
 /// handshake-failure lines (debug) say what went wrong.
 fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let spec = spec.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
-    let bare_non_level = spec
-        .split(',')
-        .map(str::trim)
-        .find(|d| !d.is_empty() && !d.contains(['=', '[']) && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(d)));
+    let bare_non_level =
+        spec.split(',').map(str::trim).find(|d| !d.is_empty() && !d.contains(['=', '[']) && !is_level(d));
     let parsed = match bare_non_level {
         Some(word) => Err(format!("{word:?} is not a level")),
         None => tracing_subscriber::EnvFilter::builder().parse(spec).map_err(|e| e.to_string()),
     };
     let (filter, named_rustls) = match parsed {
-        Ok(f) => (f, spec.split(',').any(|d| d.trim_start().starts_with("rustls"))),
+        // `off` silences rustls too: only a filter that shows something gets the directive.
+        Ok(f) => (
+            f,
+            spec.trim().eq_ignore_ascii_case("off") || spec.split(',').any(|d| d.trim_start().starts_with("rustls")),
+        ),
         Err(why) => {
             eprintln!(
                 "lb: LB_LOG={spec:?} is not a log filter ({why}); using \"info\". Levels: {}; or TARGET=LEVEL, comma-separated",
@@ -86,6 +87,14 @@ fn log_filter(spec: Option<&str>) -> tracing_subscriber::EnvFilter {
         Ok(quiet) => filter.add_directive(quiet),
         Err(_) => filter,
     }
+}
+
+/// The level names `LB_LOG` takes.
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A level as tracing reads one: a name, or 0 (off) to 5 (trace).
+fn is_level(word: &str) -> bool {
+    LEVELS.iter().any(|l| l.eq_ignore_ascii_case(word)) || matches!(word, "0" | "1" | "2" | "3" | "4" | "5")
 }
 
 fn init_logging(format: LogFormat) {
@@ -228,6 +237,10 @@ mod tests {
             let shown = log_filter(Some(bad)).to_string();
             assert!(shown.split(',').any(|d| d == "info"), "{bad}: {shown}");
         }
+        for good in ["off", "OFF", "4", "lb=debug,warn"] {
+            assert!(!log_filter(Some(good)).to_string().split(',').any(|d| d == "info"), "{good}");
+        }
+        assert!(!log_filter(Some("off")).to_string().contains("rustls"), "off must silence rustls too");
         let shown = log_filter(Some("lb=debug,warn")).to_string();
         assert!(shown.split(',').any(|d| d == "lb=debug") && shown.split(',').any(|d| d == "warn"), "{shown}");
     }

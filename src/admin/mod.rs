@@ -84,7 +84,7 @@ pub async fn serve(
     mut signal: Signal,
 ) {
     let rates = Arc::new(Rates::default());
-    tokio::spawn(rates.clone().run(metrics.clone(), signal.clone()));
+    tokio::spawn(rates.clone().run(metrics.clone(), stop.clone(), signal.clone()));
     let admin = Arc::new(Admin { metrics, topology, rates });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(std::time::Duration::from_secs(10));

@@ -239,13 +239,15 @@ impl Rates {
     }
 
     /// Samples every `SAMPLE_EVERY` until the drain is triggered.
-    pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, mut signal: Signal) {
+    pub async fn run(self: Arc<Self>, metrics: Arc<Metrics>, mut stop: Signal, mut signal: Signal) {
         let mut tick = tokio::time::interval(SAMPLE_EVERY);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.sample(&metrics),
                 _ = signal.triggered() => return,
+                // The admin listener moved or went: its sampler goes with it.
+                _ = stop.triggered() => return,
             }
         }
     }

@@ -360,7 +360,10 @@ fn target(parts: &mut request::Parts, version: Version) -> Result<Option<HeaderV
         None => first_host,
     };
     match &host {
-        None if version == Version::HTTP_11 => Err(limits::Refusal::MissingHost),
+        // HTTP/1.0 may name no host (the backend's address is sent); HTTP/1.1 must (RFC 9112
+        // §3.2), and an HTTP/2 request without `:authority` or `Host` is held to the same rule
+        // rather than letting HTTP/2 be the way around it.
+        None if version >= Version::HTTP_11 => Err(limits::Refusal::MissingHost),
         Some(h) if !limits::valid_host(h.as_bytes()) => Err(limits::Refusal::InvalidHost),
         _ => Ok(host),
     }

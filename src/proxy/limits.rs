@@ -159,7 +159,8 @@ pub fn valid_host(host: &[u8]) -> bool {
     let (name, port) = if host.first() == Some(&b'[') {
         let Some(close) = memchr::memchr(b']', host) else { return false };
         let literal = &host[1..close];
-        let ok = !literal.is_empty() && literal.iter().all(|&b| b.is_ascii_hexdigit() || b":.vV".contains(&b));
+        // IPv6 (and IPvFuture) literals, with an RFC 6874 zone (`%25eth0`).
+        let ok = !literal.is_empty() && literal.iter().all(|&b| b.is_ascii_alphanumeric() || b":.%-_~".contains(&b));
         if !ok {
             return false;
         }
@@ -234,6 +235,7 @@ mod tests {
             "10.0.0.1:80",
             "[::1]",
             "[::1]:443",
+            "[fe80::1%25eth0]:80",
             "xn--bcher-kva.example",
             "a%20b",
         ] {

@@ -506,6 +506,13 @@ impl ListenerRuntime {
         let pool = self.route.load().load().name.clone();
         let code = status.to_string();
         self.http.metrics.local_requests.with_label_values(&[&*self.name, &*pool, &code]).inc();
+        // Timed from the connection's first byte read to the end: the histogram's count stays
+        // the counter's.
+        self.http
+            .metrics
+            .local_duration
+            .with_label_values(&[&*self.name, &*pool])
+            .observe(started.elapsed().as_secs_f64());
         if let Some(log) = &self.access_log {
             log.refused(&self.name, peer, status, bytes, started);
         }

@@ -92,3 +92,51 @@ async fn http2_continuation_flood_is_cut_off() {
     assert_eq!(b.hits(), 0);
     normal_request_is_served(addr, &b).await;
 }
+
+/// The `:status` of the first response HEADERS frame on stream 1 in `bytes`, when h2 sent it
+/// as an indexed static-table entry (it does for 200, 204, 206, 304, 400, 404 and 500).
+fn first_status(bytes: &[u8]) -> Option<u16> {
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let stream = u32::from_be_bytes([bytes[at + 5], bytes[at + 6], bytes[at + 7], bytes[at + 8]]) & 0x7fff_ffff;
+        if bytes[at + 3] == HEADERS && stream == 1 {
+            return match bytes.get(at + 9)? {
+                0x88 => Some(200),
+                0x8c => Some(400),
+                0x8d => Some(404),
+                0x8e => Some(500),
+                _ => None,
+            };
+        }
+        at += 9 + len;
+    }
+    None
+}
+
+/// An HTTP/2 request that names no host (no `:authority`, no `Host`) is refused like an
+/// HTTP/1.1 one without `Host`, rather than sent on with a host lb made up; one that names it
+/// is served.
+#[tokio::test]
+async fn http2_requests_without_a_host_get_400() {
+    let (b, _lb, addr) = lb_with("").await;
+    for (block, want) in [(&[0x82u8, 0x86, 0x84][..], 400), (GET_BLOCK, 200)] {
+        let mut req = PREFACE.to_vec();
+        req.extend(frame(SETTINGS, 0, 0, &[]));
+        req.extend(frame(HEADERS, END_STREAM | END_HEADERS, 1, block));
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&req).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while first_status(&got).is_none() {
+            let n = tokio::time::timeout(PATIENCE, tokio::io::AsyncReadExt::read(&mut s, &mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
+            assert!(n > 0, "closed without an answer");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(first_status(&got), Some(want));
+    }
+    assert_eq!(b.hits(), 1, "only the request with a host reached the backend");
+}
