@@ -260,32 +260,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for CheckedStream<S> {
                 continue;
             }
             // Slow path: more bytes after an incomplete head.
-            let len = this.held.len();
-            this.held.resize(len + READ_CHUNK, 0);
-            let mut buf = ReadBuf::new(&mut this.held[len..]);
-            let res = Pin::new(&mut this.inner).poll_read(cx, &mut buf);
-            let got = buf.filled().len();
-            this.held.truncate(len + got);
-            ready!(res)?;
-            if got == 0 {
-                // The client ended inside a head: no request can come of it. Let hyper
-                // see the bytes and the end, and answer as it does for a truncated head.
-                this.ready = this.held.len();
-                this.note_head();
-                continue;
-            }
-            // The scanner goes on from where it stopped in the held head (each byte is scanned
-            // once, however the head is trickled in).
-            match this.scanner.scan(&mut this.held) {
-                Scan::Pass(n) => this.ready = n,
-                Scan::Refuse(n, why) => {
-                    this.held.truncate(n);
-                    this.ready = n;
-                    this.refuse(why);
-                }
-            }
-            this.note_head();
+            ready!(this.poll_fill_held(cx))?;
         }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> CheckedStream<S> {
+    /// Reads more bytes behind the incomplete head held back, and judges them: the rare path
+    /// (a head split across reads), kept out of `poll_read`'s way.
+    fn poll_fill_held(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let len = self.held.len();
+        self.held.resize(len + READ_CHUNK, 0);
+        let mut buf = ReadBuf::new(&mut self.held[len..]);
+        let res = Pin::new(&mut self.inner).poll_read(cx, &mut buf);
+        let got = buf.filled().len();
+        self.held.truncate(len + got);
+        ready!(res)?;
+        if got == 0 {
+            // The client ended inside a head: no request can come of it. Let hyper see the
+            // bytes and the end, and answer as it does for a truncated head.
+            self.ready = self.held.len();
+            self.note_head();
+            return Poll::Ready(Ok(()));
+        }
+        // The scanner goes on from where it stopped in the held head (each byte is scanned
+        // once, however the head is trickled in).
+        match self.scanner.scan(&mut self.held) {
+            Scan::Pass(n) => self.ready = n,
+            Scan::Refuse(n, why) => {
+                self.held.truncate(n);
+                self.ready = n;
+                self.refuse(why);
+            }
+        }
+        self.note_head();
+        Poll::Ready(Ok(()))
     }
 }
 

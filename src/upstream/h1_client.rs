@@ -275,6 +275,80 @@ enum Framing {
     Close,
 }
 
+/// What an answer's header lines say, as [`parse_head`] needs it.
+struct Heads {
+    /// The headers passed on: hop-by-hop ones (and those `Connection` names) left out.
+    map: HeaderMap,
+    length: Option<u64>,
+    /// `Some(final coding is chunked)` when there is a `Transfer-Encoding`.
+    te: Option<bool>,
+    close: bool,
+    keep_alive: bool,
+}
+
+/// Walks an answer's header lines once: the header map to pass on (values are slices of
+/// `all`, not copies) and the framing facts. Hop-by-hop headers are left out here rather than
+/// removed from the map afterwards, as strip_hop_by_hop would.
+#[inline]
+fn answer_headers(all: &Bytes, lines: &[httparse::Header<'_>]) -> Result<Heads, Error> {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for h in lines.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        named.extend(headers::named_in(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii)));
+    }
+    let mut heads =
+        Heads { map: HeaderMap::with_capacity(lines.len()), length: None, te: None, close: false, keep_alive: false };
+    for h in lines {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Head("bad header name"))?;
+        let value =
+            HeaderValue::from_maybe_shared(all.slice_ref(h.value)).map_err(|_| Error::Head("bad header value"))?;
+        if name == CONTENT_LENGTH {
+            let n = parse_length(h.value).ok_or(Error::Head("bad Content-Length"))?;
+            if heads.length.is_some_and(|l| l != n) {
+                return Err(Error::Head("conflicting Content-Length"));
+            }
+            heads.length = Some(n);
+        } else if name == TRANSFER_ENCODING {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            heads.te = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == CONNECTION {
+            for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                heads.close |= token.eq_ignore_ascii_case(b"close");
+                heads.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        if !headers::is_hop_by_hop(&name) && !named.contains(&name) {
+            heads.map.append(name, value);
+        }
+    }
+    if heads.te.is_some() && heads.length.is_some() {
+        // The body is framed by Transfer-Encoding; a Content-Length next to it is wrong
+        // (RFC 9112 §6.3) and must not reach the client, which would frame by it.
+        heads.map.remove(CONTENT_LENGTH);
+    }
+    Ok(heads)
+}
+
+/// How an answer's body is framed, and whether its connection may be reused after it.
+#[inline]
+fn framing_of(head_request: bool, code: u16, version: Version, h: &Heads) -> (Framing, bool) {
+    let framing = if head_request || code == 204 || code == 304 {
+        Framing::Empty
+    } else {
+        match (h.te, h.length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) => Framing::Close,
+            (None, Some(n)) => Framing::Length(n),
+            (None, None) => Framing::Close,
+        }
+    };
+    // Both framings at once is a smuggling shape, and so is Transfer-Encoding in an
+    // HTTP/1.0 answer (RFC 9112 §6.1): answer this one, never reuse.
+    let reusable = framing != Framing::Close
+        && !(h.te.is_some() && h.length.is_some())
+        && if version == Version::HTTP_11 { !h.close } else { h.te.is_none() && h.keep_alive && !h.close };
+    (framing, reusable)
+}
+
 /// Parses a response head at the front of `buf` and removes it (with any 1xx heads before it).
 /// `None` while the head is incomplete. Header values share the head's memory.
 fn parse_head(
@@ -326,64 +400,12 @@ fn parse_head(
         }
         let version = if parsed.version == Some(1) { Version::HTTP_11 } else { Version::HTTP_10 };
         let status = StatusCode::from_u16(code).map_err(|_| Error::Head("bad status"))?;
-        let count = parsed.headers.len();
-        // Hop-by-hop headers (and those Connection names) are left out here rather than removed
-        // from the map afterwards, as strip_hop_by_hop would.
-        let mut named: Vec<HeaderName> = Vec::new();
-        for h in parsed.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
-            named.extend(headers::named_in(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii)));
-        }
-        let mut map = HeaderMap::with_capacity(count);
-        let mut length: Option<u64> = None;
-        let mut te: Option<bool> = None; // Some(final coding is chunked)
-        let (mut close, mut keep_alive) = (false, false);
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Head("bad header name"))?;
-            let value =
-                HeaderValue::from_maybe_shared(all.slice_ref(h.value)).map_err(|_| Error::Head("bad header value"))?;
-            if name == CONTENT_LENGTH {
-                let n = parse_length(h.value).ok_or(Error::Head("bad Content-Length"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(Error::Head("conflicting Content-Length"));
-                }
-                length = Some(n);
-            } else if name == TRANSFER_ENCODING {
-                let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-                te = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-            } else if name == CONNECTION {
-                for token in h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                    close |= token.eq_ignore_ascii_case(b"close");
-                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
-                }
-            }
-            if !headers::is_hop_by_hop(&name) && !named.contains(&name) {
-                map.append(name, value);
-            }
-        }
-        if te.is_some() && length.is_some() {
-            // The body is framed by Transfer-Encoding; a Content-Length next to it is wrong
-            // (RFC 9112 §6.3) and must not reach the client, which would frame by it.
-            map.remove(CONTENT_LENGTH);
-        }
+        let heads = answer_headers(&all, parsed.headers)?;
+        let (framing, reusable) = framing_of(head_request, code, version, &heads);
         let (mut parts, ()) = Response::new(()).into_parts();
         parts.status = status;
         parts.version = version;
-        parts.headers = map;
-        let framing = if head_request || code == 204 || code == 304 {
-            Framing::Empty
-        } else {
-            match (te, length) {
-                (Some(true), _) => Framing::Chunked,
-                (Some(false), _) => Framing::Close,
-                (None, Some(n)) => Framing::Length(n),
-                (None, None) => Framing::Close,
-            }
-        };
-        // Both framings at once is a smuggling shape, and so is Transfer-Encoding in an
-        // HTTP/1.0 answer (RFC 9112 §6.1): answer this one, never reuse.
-        let reusable = framing != Framing::Close
-            && !(te.is_some() && length.is_some())
-            && if version == Version::HTTP_11 { !close } else { te.is_none() && keep_alive && !close };
+        parts.headers = heads.map;
         return Ok(Some((parts, framing, reusable)));
     }
 }
