@@ -10,7 +10,7 @@
 //! a file away and have lb write to a new one at the same path, as with nginx.
 //!
 //! Lines are logfmt: `ts=... listener=web client=10.0.0.1:5123 method=GET path="/x" status=200
-//! backend=a bytes=1234 duration_ms=1.234 retries=0` (tcp sessions: `mode=tcp`,
+//! backend=a bytes=1234 duration_ms=1.234 retries=0 request_id="..."` (tcp sessions: `mode=tcp`,
 //! `bytes_in`/`bytes_out` instead of method/path/status/bytes).
 
 use std::fmt::Write as _;
@@ -131,14 +131,15 @@ impl AccessLog {
         stamp(&mut line);
         let _ = write!(
             line,
-            " listener={} client={} method={} path=\"{}\" status={status} backend={} bytes={bytes} duration_ms={:.3} retries={}",
+            " listener={} client={} method={} path=\"{}\" status={status} backend={} bytes={bytes} duration_ms={:.3} retries={} request_id=\"{}\"",
             e.listener,
             e.client,
             e.method,
             Escaped(&e.path),
             if e.backend.is_empty() { "-" } else { &e.backend },
             e.started.elapsed().as_secs_f64() * 1000.0,
-            e.retries
+            e.retries,
+            Escaped(e.request_id.to_str().unwrap_or("-"))
         );
         self.send(line);
     }
@@ -192,6 +193,8 @@ pub struct HttpEntry {
     pub backend: String,
     pub started: Instant,
     pub retries: usize,
+    /// The request's `X-Request-Id`, kept or made by lb.
+    pub request_id: http::HeaderValue,
 }
 
 /// `ts=2026-11-22T14:33:00.123Z` in UTC without a date library: civil-from-days arithmetic.

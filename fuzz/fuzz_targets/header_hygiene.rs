@@ -86,7 +86,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(headers.get("x-forwarded-host"), host.as_ref());
 
     if !keep_upgrade {
-        let fwd = Forwarded { client: client_ip_value(client), proto, host: host.clone() };
+        let fwd = Forwarded { client: client_ip_value(client), proto, host: host.clone(), request_id: None };
         let mut written = Vec::new();
         for_each_forwarded(&original, &fwd, |n, v| written.push((n.as_str().to_owned(), v.to_vec())));
         let mut edited: Vec<_> = headers.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();

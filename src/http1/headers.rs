@@ -101,13 +101,34 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The id every request carries to its backend and back to its client (see [`request_id`]).
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id: the client's `X-Request-Id` when it is 1 to 200 visible ASCII bytes (so
+/// that a trace started upstream goes on), else a new random 128-bit id, 32 hex digits.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if (1..=200).contains(&b.len()) && b.iter().all(|c| (0x21..=0x7e).contains(c)) {
+            return v.clone();
+        }
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let n: u128 = rand::random();
+    let mut id = [0u8; 32];
+    for (i, d) in id.iter_mut().enumerate() {
+        *d = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    // Hex digits are always a valid value.
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0"))
+}
 
 /// Adds the forwarding headers: the client address appended to `X-Forwarded-For` (earlier
 /// values kept, several headers folded into one), `X-Forwarded-Proto` set to the listener's
 /// scheme and `X-Forwarded-Host` set to the host the client asked for. Also folds several
 /// `Cookie` headers into one (see [`add_forwarding_value`]).
 pub fn add_forwarding(headers: &mut HeaderMap, client: IpAddr, proto: &'static str, host: Option<&HeaderValue>) {
-    add_forwarding_value(headers, &client_ip_value(client), proto, host);
+    add_forwarding_value(headers, &client_ip_value(client), proto, host, None);
 }
 
 /// The client's address as an `X-Forwarded-For` element (IPv4-mapped IPv6 shown as IPv4).
@@ -128,6 +149,7 @@ pub fn add_forwarding_value(
     client: &HeaderValue,
     proto: &'static str,
     host: Option<&HeaderValue>,
+    request_id: Option<&HeaderValue>,
 ) {
     if let header::Entry::Occupied(mut e) = headers.entry(header::COOKIE) {
         if e.iter().nth(1).is_some() {
@@ -136,8 +158,8 @@ pub fn add_forwarding_value(
             }
         }
     }
-    // Room for the three headers below at once: the map hyper parsed is sized to the request.
-    headers.reserve(3);
+    // Room for the headers below at once: the map hyper parsed is sized to the request.
+    headers.reserve(4);
     // One lookup for the common case (no earlier X-Forwarded-For), as an entry.
     match headers.entry(&X_FORWARDED_FOR) {
         header::Entry::Vacant(e) => {
@@ -162,6 +184,9 @@ pub fn add_forwarding_value(
             headers.remove(&X_FORWARDED_HOST);
         }
     }
+    if let Some(id) = request_id {
+        headers.insert(X_REQUEST_ID.clone(), id.clone());
+    }
 }
 
 /// What a request forwarded by lb's own client says about its client: the values
@@ -174,6 +199,8 @@ pub struct Forwarded {
     pub proto: &'static str,
     /// The host the client asked for, for `X-Forwarded-Host`.
     pub host: Option<HeaderValue>,
+    /// The request's `X-Request-Id` ([`request_id`]), replacing the client's.
+    pub request_id: Option<HeaderValue>,
 }
 
 /// Several `Cookie` values as one, joined by `"; "`; `None` if that is no valid value (it
@@ -215,7 +242,7 @@ pub fn for_each_forwarded(headers: &HeaderMap, fwd: &Forwarded, mut put: impl Fn
             prior_for.get_or_insert_with(Vec::new).extend(value.to_str().ok());
             continue;
         }
-        if name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST {
+        if name == X_FORWARDED_PROTO || name == X_FORWARDED_HOST || (name == X_REQUEST_ID && fwd.request_id.is_some()) {
             continue;
         }
         put(name, value.as_bytes());
@@ -235,6 +262,9 @@ pub fn for_each_forwarded(headers: &HeaderMap, fwd: &Forwarded, mut put: impl Fn
     put(&X_FORWARDED_PROTO, fwd.proto.as_bytes());
     if let Some(h) = &fwd.host {
         put(&X_FORWARDED_HOST, h.as_bytes());
+    }
+    if let Some(id) = &fwd.request_id {
+        put(&X_REQUEST_ID, id.as_bytes());
     }
 }
 
@@ -334,7 +364,7 @@ mod tests {
         for_each_forwarded(h, fwd, |n, v| streamed.push((n.as_str().to_owned(), v.to_vec())));
         let mut m = h.clone();
         strip_hop_by_hop(&mut m, false);
-        add_forwarding_value(&mut m, &fwd.client, fwd.proto, fwd.host.as_ref());
+        add_forwarding_value(&mut m, &fwd.client, fwd.proto, fwd.host.as_ref(), fwd.request_id.as_ref());
         let mut mapped: Vec<_> = m.iter().map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec())).collect();
         streamed.sort();
         mapped.sort();
@@ -357,7 +387,8 @@ mod tests {
         odd.append("x-a", HeaderValue::from_static("1"));
         for h in cases.iter().chain([&odd]) {
             for host in [None, Some(HeaderValue::from_static("shop.example"))] {
-                let fwd = Forwarded { client: HeaderValue::from_static("10.0.0.9"), proto: "https", host };
+                let fwd =
+                    Forwarded { client: HeaderValue::from_static("10.0.0.9"), proto: "https", host, request_id: None };
                 let (streamed, mapped) = both_ways(h, &fwd);
                 assert_eq!(streamed, mapped, "{h:?}");
             }
@@ -368,7 +399,8 @@ mod tests {
     fn several_cookie_headers_reach_the_backend_as_one_and_host_is_never_connection_named() {
         let h =
             map(&[("host", "h"), ("cookie", "a=1"), ("accept", "*/*"), ("cookie", "b=2; c=3"), ("connection", "host")]);
-        let fwd = Forwarded { client: HeaderValue::from_static("10.0.0.9"), proto: "http", host: None };
+        let fwd =
+            Forwarded { client: HeaderValue::from_static("10.0.0.9"), proto: "http", host: None, request_id: None };
         let mut written = Vec::new();
         for_each_forwarded(&h, &fwd, |n, v| written.push((n.as_str().to_owned(), v.to_vec())));
         let cookies: Vec<_> = written.iter().filter(|(n, _)| n == "cookie").map(|(_, v)| v.clone()).collect();
@@ -376,7 +408,7 @@ mod tests {
         assert!(written.iter().any(|(n, v)| n == "host" && v == b"h"), "{written:?}");
         let mut edited = h.clone();
         strip_hop_by_hop(&mut edited, false);
-        add_forwarding_value(&mut edited, &fwd.client, fwd.proto, None);
+        add_forwarding_value(&mut edited, &fwd.client, fwd.proto, None, None);
         assert_eq!(edited.get_all("cookie").iter().collect::<Vec<_>>(), ["a=1; b=2; c=3"]);
         assert_eq!(edited["host"], "h");
         // One Cookie header is passed as it is.

@@ -30,7 +30,9 @@ use super::local;
 use super::response_body::{BodyError, UpstreamBody};
 use crate::access_log::{AccessLog, HttpEntry};
 use crate::backend::{Backend, InFlight, TryTimer};
-use crate::http1::headers::{add_forwarding_value, is_upgrade_request, strip_hop_by_hop, Forwarded};
+use crate::http1::headers::{
+    add_forwarding_value, is_upgrade_request, request_id, strip_hop_by_hop, Forwarded, X_REQUEST_ID,
+};
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Route};
 use crate::shutdown::Signal;
@@ -100,15 +102,19 @@ impl HttpProxy {
             (req.method().clone(), req.uri().path_and_query().map_or_else(|| req.uri().to_string(), |p| p.to_string()))
         });
         let mut retries = 0;
+        // Kept from the client or made here; it goes to the backend, back to the client and
+        // into the access log.
+        let request_id = request_id(req.headers());
         // A head that asks to switch protocols (or CONNECT) ends what lb judges of the
         // connection's bytes (see framing.rs): unless it becomes a tunnel, the connection ends
         // with its answer, so that nothing after it goes on unjudged.
         let switches = (tunnel_drain.is_some() || req.method() == Method::CONNECT) && req.version() < Version::HTTP_2;
         let (mut resp, backend) =
-            self.forward(req, client, client_ip, tunnel_drain, &pool, started, &mut retries).await;
+            self.forward(req, client, client_ip, tunnel_drain, &pool, started, &mut retries, &request_id).await;
         if switches && resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
+        resp.headers_mut().insert(X_REQUEST_ID.clone(), request_id.clone());
         let code = resp.status();
         match &backend {
             Some(b) => b.metrics().requests.with_label_values(&[&*self.listener, code.as_str()]).inc(),
@@ -127,6 +133,7 @@ impl HttpProxy {
                 backend: backend.as_ref().map(|b| b.name.clone()).unwrap_or_default(),
                 started,
                 retries,
+                request_id,
             };
             match resp.body_mut() {
                 // Logged when the body has been passed on, with its real size and duration.
@@ -149,6 +156,7 @@ impl HttpProxy {
         pool: &Arc<Pool>,
         started: std::time::Instant,
         retries: &mut usize,
+        request_id: &HeaderValue,
     ) -> (Response<RespBody>, Option<Arc<Backend>>) {
         // Hostile or oversized requests are answered here, before any backend sees a byte.
         let version = req.version();
@@ -170,7 +178,7 @@ impl HttpProxy {
         let key_hash = pool.kind.request_key_hash(&parts.headers, &parts.uri, client.ip());
         origin_form(&mut parts);
         let idempotent = is_idempotent(&parts.method);
-        let mut outgoing = self.outgoing(parts, body, upgrade, client_ip, host);
+        let mut outgoing = self.outgoing(parts, body, upgrade, client_ip, host, request_id);
         // A stale pooled connection (or a failed try) may replay only idempotent bodiless heads.
         let replayable_head = matches!(outgoing, Outgoing::Head(..)) && idempotent;
         let host_for =
@@ -234,14 +242,16 @@ impl HttpProxy {
         upgrade: bool,
         client_ip: HeaderValue,
         host: Option<HeaderValue>,
+        request_id: &HeaderValue,
     ) -> Outgoing {
         let bodiless = body.is_end_stream();
         if bodiless && !upgrade && parts.method != Method::CONNECT {
             // Header hygiene happens as lb's own client writes the head.
-            return Outgoing::Head(parts, Forwarded { client: client_ip, proto: self.scheme, host });
+            let request_id = Some(request_id.clone());
+            return Outgoing::Head(parts, Forwarded { client: client_ip, proto: self.scheme, host, request_id });
         }
         strip_hop_by_hop(&mut parts.headers, upgrade);
-        add_forwarding_value(&mut parts.headers, &client_ip, self.scheme, host.as_ref());
+        add_forwarding_value(&mut parts.headers, &client_ip, self.scheme, host.as_ref(), Some(request_id));
         let body: UpBody = if bodiless {
             Either::Right(Empty::new())
         } else {

@@ -846,7 +846,8 @@ mod tests {
         let req = http::Request::get("http://example.com/a?b=1").header("x-one", "1").header("x-two", "2").body(());
         let (parts, ()) = req.unwrap().into_parts();
         let host = HeaderValue::from_static("10.0.0.1:80");
-        let fwd = Forwarded { client: HeaderValue::from_static("192.0.2.7"), proto: "http", host: None };
+        let fwd =
+            Forwarded { client: HeaderValue::from_static("192.0.2.7"), proto: "http", host: None, request_id: None };
         let out = String::from_utf8(encode_request(&parts, Some(&host), &fwd)).unwrap();
         let want = "GET /a?b=1 HTTP/1.1\r\nhost: 10.0.0.1:80\r\nx-one: 1\r\nx-two: 2\r\n\
                     x-forwarded-for: 192.0.2.7\r\nx-forwarded-proto: http\r\n\r\n";

@@ -64,6 +64,8 @@ async fn http_requests_and_tcp_sessions_are_logged_with_exact_fields() {
     assert_eq!(field(&line, "backend"), Some("a"));
     assert_eq!(field(&line, "bytes"), Some("1"), "body \"a\"");
     assert_eq!(field(&line, "retries"), Some("1"));
+    let id = field(&line, "request_id").expect("a request_id");
+    assert!(id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit()), "{line}");
     assert!(field(&line, "client").unwrap().starts_with("127.0.0.1:"));
     assert!(field(&line, "duration_ms").unwrap().parse::<f64>().unwrap() >= 0.0);
 

@@ -42,6 +42,68 @@ async fn forwarding_headers_reach_the_backend() {
     assert_eq!(seen.headers["host"], "shop.example");
 }
 
+/// The `X-Request-Id` of a raw answer's head (lowercase lookup).
+fn answer_id(resp: &str) -> Option<String> {
+    resp.split("\r\n\r\n").next()?.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.eq_ignore_ascii_case("x-request-id").then(|| value.trim().to_owned())
+    })
+}
+
+/// Every request carries an `X-Request-Id` to the backend and back: the client's when it is 1
+/// to 200 visible ASCII bytes, else a new 128-bit one (32 hex digits), on lb's own client's
+/// path (bodiless) and on hyper's (a body), and on lb's own answers. `traceparent` and
+/// `tracestate` pass unchanged.
+#[tokio::test]
+async fn every_request_carries_a_request_id_both_ways() {
+    let (b, lb) = one_backend().await;
+    let addr = lb.listener_addr("web").unwrap();
+    let is_new = |id: &str| id.len() == 32 && id.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    let long = "a".repeat(201);
+    let cases: [(&str, Option<&str>); 5] = [
+        ("", None),
+        ("X-Request-Id: trace-abc_123.4\r\n", Some("trace-abc_123.4")),
+        ("X-Request-Id: has space\r\n", None),
+        (&format!("X-Request-Id: {long}\r\n"), None),
+        ("X-Request-Id: x\r\nConnection: x-request-id, close\r\n", Some("x")),
+    ];
+    let mut made = Vec::new();
+    for (i, (header, kept)) in cases.iter().enumerate() {
+        for body in [false, true] {
+            let head = if body { "POST" } else { "GET" };
+            let len = if body { "Content-Length: 2\r\n" } else { "" };
+            let req = format!(
+                "{head} /id{i} HTTP/1.1\r\nHost: h\r\n{header}{len}traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\ntracestate: k=v\r\nConnection: close\r\n\r\n{}",
+                if body { "hi" } else { "" }
+            );
+            let resp = raw(addr, req.as_bytes(), Duration::from_secs(5)).await;
+            assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+            let seen = b.last_seen();
+            let sent =
+                seen.headers.get_all("x-request-id").iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+            assert_eq!(sent.len(), 1, "case {i}: {sent:?}");
+            let answered = answer_id(&resp).expect("an X-Request-Id in the answer");
+            assert_eq!(answered, sent[0], "case {i}: the client got another id than the backend");
+            match kept {
+                Some(id) => assert_eq!(&sent[0], id, "case {i}"),
+                None => {
+                    assert!(is_new(&sent[0]), "case {i}: {:?}", sent[0]);
+                    made.push(sent[0].clone());
+                }
+            }
+            assert_eq!(seen.headers["traceparent"], "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01");
+            assert_eq!(seen.headers["tracestate"], "k=v");
+        }
+    }
+    made.sort();
+    made.dedup();
+    assert_eq!(made.len(), 6, "ids made for different requests must differ");
+    // lb's own answer (no backend) carries one too.
+    let refused = raw(addr, b"GET * HTTP/1.1\r\nHost: h\r\nX-Request-Id: mine\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert_eq!(answer_id(&refused).as_deref(), Some("mine"));
+}
+
 /// HTTP/1.0 allows a request without Host; HTTP/1.1, which backends get, does not. Such a
 /// request names the backend it is sent to, and gets no X-Forwarded-Host.
 #[tokio::test]
