@@ -239,7 +239,9 @@ impl From<Error> for Failed {
 fn encode_request(parts: &request::Parts, host: Option<&HeaderValue>, fwd: &Forwarded) -> Vec<u8> {
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let method = parts.method.as_str();
+    // The 96 cover the request line's rest and the forwarding headers' names and lb's values.
     let mut len = method.len() + target.len() + 96 + fwd.host.as_ref().map_or(0, HeaderValue::len);
+    len += fwd.request_id.as_ref().map_or(0, |id| id.len() + 16);
     for (name, value) in &parts.headers {
         len += name.as_str().len() + value.len() + 4;
     }
@@ -295,8 +297,13 @@ fn answer_headers(all: &Bytes, lines: &[httparse::Header<'_>]) -> Result<Heads, 
     for h in lines.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
         named.extend(headers::named_in(h.value.split(|&b| b == b',').map(<[u8]>::trim_ascii)));
     }
-    let mut heads =
-        Heads { map: HeaderMap::with_capacity(lines.len()), length: None, te: None, close: false, keep_alive: false };
+    let mut heads = Heads {
+        map: HeaderMap::with_capacity(lines.len() + 1),
+        length: None,
+        te: None,
+        close: false,
+        keep_alive: false,
+    };
     for h in lines {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| Error::Head("bad header name"))?;
         let value =
