@@ -44,6 +44,8 @@ pub(crate) mod balance;
 pub mod config;
 pub(crate) mod health;
 pub(crate) mod http1;
+#[doc(hidden)]
+pub mod internals;
 pub(crate) mod metrics;
 pub(crate) mod pool;
 pub(crate) mod proxy;
@@ -53,16 +55,3 @@ pub(crate) mod shutdown;
 pub(crate) mod tls;
 pub(crate) mod upstream;
 pub(crate) mod workers;
-
-/// What benches, fuzz targets and the integration tests reach inside lb for: not an interface,
-/// and free to change with the code it names.
-#[doc(hidden)]
-pub mod internals {
-    pub use crate::admin::MAX_CONNECTIONS as ADMIN_MAX_CONNECTIONS;
-    pub use crate::backend::{Backend, CheckResult, InFlight};
-    pub use crate::balance::{hash_bytes, PickCtx};
-    pub use crate::http1::{framing, headers};
-    pub use crate::metrics::Metrics;
-    pub use crate::pool::{Pool, PoolHandle, PoolSettings};
-    pub use crate::upstream::h1_client::read_response;
-}

@@ -1,4 +1,7 @@
-//! The `lb` binary: command line, logging, signals. Everything else lives in the library.
+//! The `lb` binary: command line, logging, signals, readiness to systemd. Everything else
+//! lives in the library.
+
+mod notify;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -187,12 +190,19 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         loaded.config.summary()
     );
+    // Every listener is bound and serving: units ordered after lb may start.
+    notify::notify("READY=1");
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             // The outcome is logged by reload itself.
-            _ = hup.recv() => { let _ = running.reload(&cli.config).await; }
+            _ = hup.recv() => {
+                notify::notify("RELOADING=1");
+                let _ = running.reload(&cli.config).await;
+                // Applied or rejected, lb serves on: ready again either way.
+                notify::notify("READY=1");
+            }
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1: reopening access logs");
                 running.reopen_access_logs();
@@ -200,6 +210,7 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
             _ = usr2.recv() => tracing::info!("SIGUSR2 ignored (lb has no binary upgrade; SIGHUP reloads lb.toml)"),
         }
     }
+    notify::notify("STOPPING=1");
     tracing::info!(timeout = ?cli.shutdown_timeout, "shutting down: draining in-flight requests (a second signal stops at once)");
     tokio::select! {
         _ = running.shutdown(cli.shutdown_timeout) => {}

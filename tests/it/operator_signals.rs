@@ -139,3 +139,67 @@ async fn a_reload_that_moves_admin_moves_it() {
     assert!(applied.contains("admin removed"), "{applied}");
     wait_refused(new).await;
 }
+
+/// Receives one datagram from the systemd notify socket (bounded wait).
+async fn next_state(sock: &tokio::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(PATIENCE, sock.recv(&mut buf)).await.expect("a notification").unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Under systemd (`Type=notify`), lb says `READY=1` once it serves, brackets a reload with
+/// `RELOADING=1` and `READY=1` (a rejected reload too: lb serves on), and says `STOPPING=1` when
+/// it starts to drain; to a socket path and to an abstract socket (`@name`, as in containers).
+#[tokio::test]
+async fn systemd_is_told_ready_reloading_and_stopping() {
+    let b = TestBackend::start("a").await;
+    let dir = temp_dir("notify");
+    let path = dir.join("notify.sock");
+    let abstract_name = format!("lb-test-notify-{}", std::process::id());
+    let by_path = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let by_name = {
+        use std::os::linux::net::SocketAddrExt;
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(abstract_name.as_bytes()).unwrap();
+        let std_sock = std::os::unix::net::UnixDatagram::bind_addr(&addr).unwrap();
+        std_sock.set_nonblocking(true).unwrap();
+        tokio::net::UnixDatagram::from_std(std_sock).unwrap()
+    };
+    for (target, sock) in [(path.to_string_lossy().into_owned(), &by_path), (format!("@{abstract_name}"), &by_name)] {
+        let toml = config(&b, "");
+        let mut lb = Lb::start_with_env(&toml, &[], &[("LB_LOG", "info"), ("NOTIFY_SOCKET", &target)]).await;
+        assert_eq!(next_state(sock).await, "READY=1", "{target}");
+        served(&lb, "/ready").await;
+        lb.reload(&toml.replace("round_robin", "random")).await.expect("reload applied");
+        assert_eq!(next_state(sock).await, "RELOADING=1");
+        assert_eq!(next_state(sock).await, "READY=1");
+        lb.reload("not toml [").await.expect_err("a broken file is rejected");
+        assert_eq!(next_state(sock).await, "RELOADING=1");
+        assert_eq!(next_state(sock).await, "READY=1");
+        lb.signal("TERM");
+        assert_eq!(next_state(sock).await, "STOPPING=1");
+        assert!(lb.wait_exit(PATIENCE).await.success());
+    }
+}
+
+/// The shipped unit (`deploy/systemd/lb.service`) passes `systemd-analyze verify` without a
+/// word, with its binary paths pointed at the binary under test. Skipped when systemd-analyze
+/// is missing, unless `LB_REQUIRE_SYSTEMD=1` (CI) says it must run.
+#[test]
+fn the_systemd_unit_verifies_clean() {
+    let have =
+        std::process::Command::new("systemd-analyze").arg("--version").output().is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(std::env::var_os("LB_REQUIRE_SYSTEMD").is_none(), "systemd-analyze is required here");
+        eprintln!("skipped: no systemd-analyze");
+        return;
+    }
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/systemd/lb.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    let dir = temp_dir("unit");
+    let path = dir.join("lb.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/lb", env!("CARGO_BIN_EXE_lb"))).unwrap();
+    let out = std::process::Command::new("systemd-analyze").arg("verify").arg(&path).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.trim().is_empty(), "systemd-analyze had something to say:\n{said}");
+}
