@@ -8,6 +8,7 @@ mod support;
 mod access_log;
 mod balancing;
 mod check_cli;
+mod deploy;
 mod failover;
 mod forwarding;
 mod h2_bounds;
