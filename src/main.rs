@@ -41,6 +41,40 @@ struct Cli {
     /// processes). 0: one per CPU core.
     #[arg(long, value_name = "N", default_value_t = 0)]
     workers: usize,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// What `lb` does besides running the proxy.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Print a shell completion script (e.g. `lb completions bash > /etc/bash_completion.d/lb`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff; e.g. `lb man > /usr/local/share/man/man1/lb.1`).
+    Man,
+}
+
+/// Writes what a [`Command`] asks for to stdout.
+fn run_command(command: &Command) -> ExitCode {
+    use clap::CommandFactory;
+    let mut cli = Cli::command();
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut cli, "lb", &mut out);
+            ExitCode::SUCCESS
+        }
+        Command::Man => match clap_mangen::Man::new(cli).render(&mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("lb: cannot write the man page: {e}");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -115,6 +149,9 @@ fn init_logging(format: LogFormat) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(command) = &cli.command {
+        return run_command(command);
+    }
     if cli.check {
         return check(&cli);
     }

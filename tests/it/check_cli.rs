@@ -4,6 +4,7 @@
 use std::process::Command;
 
 use crate::support::lbproc::check_config;
+use crate::support::temp_dir;
 
 const GOOD: &str = r#"
 [admin]
@@ -192,4 +193,39 @@ fn version_and_help() {
     assert!(h.status.success());
     let help = String::from_utf8_lossy(&h.stdout);
     assert!(help.contains("--config") && help.contains("--check") && help.contains("SIGHUP"), "{help}");
+}
+
+/// `lb completions SHELL` prints a script the shell accepts, naming every flag; `lb man` a man
+/// page groff renders without a warning (when groff is here). Both come from the same clap
+/// definition as `--help`, so they cannot drift from it.
+#[test]
+fn completions_and_man_page() {
+    let lb = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lb")).args(args).output().unwrap();
+        assert!(out.status.success(), "lb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let flags = ["--config", "--check", "--log-format", "--shutdown-timeout", "--workers"];
+    for shell in ["bash", "zsh", "fish"] {
+        let script = lb(&["completions", shell]);
+        for flag in flags {
+            assert!(script.contains(flag.trim_start_matches('-')), "{shell}: no {flag}");
+        }
+    }
+    let dir = temp_dir("completions");
+    let bash = dir.join("lb.bash");
+    std::fs::write(&bash, lb(&["completions", "bash"])).unwrap();
+    let syntax = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
+    assert!(syntax.status.success(), "bash -n: {}", String::from_utf8_lossy(&syntax.stderr));
+    let man = lb(&["man"]);
+    assert!(man.contains(".TH lb 1"), "{man}");
+    for flag in flags {
+        assert!(man.contains(&flag.replace('-', "\\-")), "man page without {flag}");
+    }
+    if Command::new("groff").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        let page = dir.join("lb.1");
+        std::fs::write(&page, &man).unwrap();
+        let out = Command::new("groff").args(["-man", "-Tutf8", "-ww", "-z"]).arg(&page).output().unwrap();
+        assert!(out.status.success() && out.stderr.is_empty(), "groff: {}", String::from_utf8_lossy(&out.stderr));
+    }
 }
