@@ -57,3 +57,34 @@ fn the_alert_rules_pass_their_tests() {
         assert!(said.contains("SUCCESS"), "promtool {args:?}:\n{said}");
     }
 }
+
+/// The Kubernetes manifests pass `kubernetes-validate --strict` against the API's schemas, and
+/// the lb.toml inside the ConfigMap passes `lb --check` (with the cluster's Service name, which
+/// only the cluster's DNS knows, read as 127.0.0.1), with its admin listener on the port the
+/// probes ask.
+#[test]
+fn the_kubernetes_manifests_validate() {
+    let manifests = deploy("kubernetes/lb.yaml");
+    let text = std::fs::read_to_string(&manifests).unwrap();
+    let toml: String = text
+        .split("  lb.toml: |\n")
+        .nth(1)
+        .expect("a ConfigMap with lb.toml")
+        .lines()
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(toml.contains("bind = \"0.0.0.0:9900\"") && text.contains("containerPort: 9900"), "{toml}");
+    assert!(text.matches("httpGet: { path: /healthz, port: admin }").count() == 2);
+    let out = crate::support::lbproc::check_config(&toml.replace("app.default.svc.cluster.local", "127.0.0.1"));
+    assert!(out.ok, "{}", out.stderr);
+    if !have("kubernetes-validate", "LB_REQUIRE_KUBERNETES_VALIDATE") {
+        return;
+    }
+    let out = Command::new("kubernetes-validate").arg("--strict").arg(&manifests).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    for kind in ["configmap/lb-config", "deployment/lb", "service/lb", "poddisruptionbudget/lb"] {
+        assert!(said.contains(&format!("passed for resource {kind}")), "{kind}: {said}");
+    }
+}
