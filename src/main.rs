@@ -41,6 +41,10 @@ struct Cli {
     /// processes). 0: one per CPU core.
     #[arg(long, value_name = "N", default_value_t = 0)]
     workers: usize,
+    /// Reload when the configuration file changes, as on SIGHUP: its contents, or where its
+    /// path leads (a Kubernetes ConfigMap swaps a `..data` symlink). Checked every 2 s.
+    #[arg(long)]
+    watch_config: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -178,6 +182,38 @@ fn main() -> ExitCode {
     runtime.block_on(serve(cli, loaded))
 }
 
+/// How often `--watch-config` looks at the file: one `stat` and one path resolution.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+/// What `--watch-config` compares: where the path leads (symlinks resolved), and that file's
+/// modification time and size. `None` parts (the file is gone for a moment) count as a change
+/// when it comes back.
+#[derive(Debug, PartialEq, Eq)]
+struct ConfigStamp {
+    target: Option<PathBuf>,
+    modified: Option<std::time::SystemTime>,
+    len: Option<u64>,
+}
+
+impl ConfigStamp {
+    fn of(path: &std::path::Path) -> ConfigStamp {
+        let meta = std::fs::metadata(path).ok();
+        ConfigStamp {
+            target: std::fs::canonicalize(path).ok(),
+            modified: meta.as_ref().and_then(|m| m.modified().ok()),
+            len: meta.map(|m| m.len()),
+        }
+    }
+}
+
+/// A reload (SIGHUP or a changed file), told to systemd: applied or rejected, lb serves on, so
+/// it is ready again either way. The outcome is logged by the reload itself.
+async fn reload(running: &mut lb::app::Running, config: &std::path::Path) {
+    notify::notify("RELOADING=1");
+    let _ = running.reload(config).await;
+    notify::notify("READY=1");
+}
+
 /// `--check`: errors and warnings to stderr, the summary to stdout.
 fn check(cli: &Cli) -> ExitCode {
     match lb::config::load(&cli.config) {
@@ -229,16 +265,22 @@ async fn serve(cli: Cli, loaded: lb::config::Loaded) -> ExitCode {
     );
     // Every listener is bound and serving: units ordered after lb may start.
     notify::notify("READY=1");
+    let mut watched = cli.watch_config.then(|| ConfigStamp::of(&cli.config));
+    let mut watch = tokio::time::interval(WATCH_EVERY);
+    watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             // The outcome is logged by reload itself.
-            _ = hup.recv() => {
-                notify::notify("RELOADING=1");
-                let _ = running.reload(&cli.config).await;
-                // Applied or rejected, lb serves on: ready again either way.
-                notify::notify("READY=1");
+            _ = hup.recv() => reload(&mut running, &cli.config).await,
+            _ = watch.tick(), if watched.is_some() => {
+                let now = ConfigStamp::of(&cli.config);
+                if watched.as_ref() != Some(&now) {
+                    tracing::info!(config = %cli.config.display(), "configuration file changed; reloading");
+                    watched = Some(now);
+                    reload(&mut running, &cli.config).await;
+                }
             }
             _ = usr1.recv() => {
                 tracing::info!("SIGUSR1: reopening access logs");

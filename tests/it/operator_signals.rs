@@ -180,3 +180,46 @@ async fn systemd_is_told_ready_reloading_and_stopping() {
         assert!(lb.wait_exit(PATIENCE).await.success());
     }
 }
+
+/// Swaps `link` to point at `target` atomically, as Kubernetes swaps a ConfigMap's `..data`.
+fn swap_symlink(target: &str, link: &std::path::Path) {
+    let name = link.file_name().unwrap().to_string_lossy();
+    let tmp = link.with_file_name(format!("{name}.swap"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+/// With `--watch-config`, a changed file is reloaded as on SIGHUP, including the way a
+/// Kubernetes ConfigMap changes (`lb.toml` → `..data/lb.toml`, `..data` swapped to a new
+/// directory), and a broken one is rejected with the running configuration kept.
+#[tokio::test]
+async fn a_watched_config_reloads_when_a_configmap_swaps_it() {
+    let b = TestBackend::start("a").await;
+    let toml = config(&b, "");
+    let lb = Lb::start(&toml, &["--watch-config"]).await;
+    let dir = lb.config.parent().unwrap().to_path_buf();
+    // Lay the file out as a ConfigMap volume does.
+    for (version, text) in [("..v1", toml.clone()), ("..v2", toml.replace("round_robin", "random"))] {
+        std::fs::create_dir_all(dir.join(version)).unwrap();
+        std::fs::write(dir.join(version).join("lb.toml"), text).unwrap();
+    }
+    swap_symlink("..v1", &dir.join("..data"));
+    let from = lb.mark();
+    swap_symlink("..data/lb.toml", &lb.config);
+    let line = lb.wait_log(from, |l| l.contains("reload applied") || l.contains("reload rejected")).await;
+    assert!(line.contains("reload applied: no changes"), "{line}");
+    // The ConfigMap is updated: ..data now leads to ..v2.
+    let from = lb.mark();
+    swap_symlink("..v2", &dir.join("..data"));
+    let line = lb.wait_log(from, |l| l.contains("reload applied") || l.contains("reload rejected")).await;
+    assert!(line.contains("strategy round_robin -> random"), "{line}");
+    served(&lb, "/after-swap").await;
+    // A broken update is rejected; lb serves on with what it had.
+    std::fs::create_dir_all(dir.join("..v3")).unwrap();
+    std::fs::write(dir.join("..v3").join("lb.toml"), "not toml [").unwrap();
+    let from = lb.mark();
+    swap_symlink("..v3", &dir.join("..data"));
+    lb.wait_log(from, |l| l.contains("reload rejected")).await;
+    served(&lb, "/after-broken").await;
+}
