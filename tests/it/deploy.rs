@@ -1,6 +1,7 @@
 //! What `deploy/` ships is run, not just shipped: the systemd unit through `systemd-analyze
 //! verify`, the Prometheus alert rules through `promtool check rules` and `promtool test rules`
-//! with their fixtures. Each tool is required where CI says so (`LB_REQUIRE_SYSTEMD`,
+//! with their fixtures, the Kubernetes manifests through `kubernetes-validate`, and every query
+//! of the Grafana dashboard against a real Prometheus scraping a real lb. Each tool is required where CI says so (`LB_REQUIRE_SYSTEMD`,
 //! `LB_REQUIRE_PROMTOOL`) and skipped with a word elsewhere.
 
 use std::process::Command;
@@ -87,4 +88,99 @@ fn the_kubernetes_manifests_validate() {
     for kind in ["configmap/lb-config", "deployment/lb", "service/lb", "poddisruptionbudget/lb"] {
         assert!(said.contains(&format!("passed for resource {kind}")), "{kind}: {said}");
     }
+}
+
+/// Percent-encodes a query for a URL (every byte but ASCII letters and digits).
+fn url_encode(s: &str) -> String {
+    s.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+}
+
+/// Stops the Prometheus server when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Every query of the Grafana dashboard (`deploy/grafana/lb.json`) returns data from a real
+/// Prometheus server that scrapes a real lb under traffic (with `$instance` as "all").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_queries_return_data_from_a_real_prometheus() {
+    if !have("prometheus", "LB_REQUIRE_PROMETHEUS") {
+        return;
+    }
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy("grafana/lb.json")).unwrap()).unwrap();
+    let exprs: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().replace("$instance", ".*"))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+
+    let b = TestBackend::start("a").await;
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+         [pools.app]\nstrategy = \"round_robin\"\n{}\n[pools.app.health]\nkind = \"http\"\npath = \"/\"\ninterval = \"250ms\"\n",
+        backends_toml(&[&b])
+    );
+    let lb = start_lb(&toml).await;
+    let (web, admin) = (lb.listener_addr("web").unwrap(), lb.admin_addr().unwrap());
+    let traffic = tokio::spawn(async move {
+        let c = client();
+        loop {
+            let _ = get(&c, web, "/dashboard").await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    });
+
+    let dir = temp_dir("prometheus");
+    let port = free_ports(1)[0];
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: lb\n    static_configs:\n      - targets: [\"{admin}\"]\n"),
+    )
+    .unwrap();
+    let _prometheus = Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let api: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Each query is asked until it has data: rates need a few scrapes first.
+    let deadline = tokio::time::Instant::now() + PATIENCE * 4;
+    let c = client();
+    for expr in &exprs {
+        loop {
+            let answer = tokio::time::timeout(PATIENCE, async {
+                let uri: http::Uri = format!("http://{api}/api/v1/query?query={}", url_encode(expr)).parse().unwrap();
+                let resp = c.get(uri).await.ok()?;
+                let body = http_body_util::BodyExt::collect(resp.into_body()).await.ok()?.to_bytes();
+                serde_json::from_slice::<serde_json::Value>(&body).ok()
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(v) = &answer {
+                assert_eq!(v["status"], "success", "{expr}: {v}");
+                if v["data"]["result"].as_array().is_some_and(|r| !r.is_empty()) {
+                    break;
+                }
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no data for {expr}: {answer:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+    traffic.abort();
 }
