@@ -87,6 +87,8 @@
         el("td", { class: "num" }, [b.weight]),
         el("td", { class: "num" }, [b.in_flight]),
         el("td", { class: "num" }, [b.requests_per_second.toFixed(1)]),
+        el("td", { class: b.error_ratio !== null && b.error_ratio >= 0.05 ? "num bad" : "num" },
+          [b.error_ratio === null ? "\u2014" : Math.round(b.error_ratio * 1000) / 10 + "%"]),
       ]);
     });
     return el("section", { class: "pool", "data-pool": p.name }, [
@@ -99,7 +101,7 @@
       el("table", {}, [
         el("thead", {}, [el("tr", {}, [
           th("backend"), th("address"), th("state"), th("since"), th("last check"),
-          th("weight", "num"), th("in flight", "num"), th("req/s", "num"),
+          th("weight", "num"), th("in flight", "num"), th("req/s", "num"), th("5xx", "num"),
         ])]),
         el("tbody", {}, rows),
       ]),

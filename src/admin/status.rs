@@ -172,6 +172,10 @@ pub struct BackendStatus {
     pub requests_total: u64,
     /// Average over the last `rate_window_ms`.
     pub requests_per_second: f64,
+    /// The share of its answers over the last `rate_window_ms` that were 5xx (0.0 to 1.0);
+    /// `null` when it answered nothing then. A backend answering errors is up to its health
+    /// check; this says so at a glance.
+    pub error_ratio: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -182,9 +186,28 @@ pub struct LastCheck {
     pub reason: String,
 }
 
-/// Requests answered by `b`, over every listener and status code.
-pub fn requests_total(b: &Backend) -> u64 {
-    b.metrics().requests.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
+/// Requests answered by `b` over every listener and status code, and those that were 5xx.
+fn answered(b: &Backend) -> (u64, u64) {
+    let (mut all, mut errors) = (0, 0);
+    for m in b.metrics().requests.collect().iter().flat_map(|f| f.get_metric()) {
+        let n = m.get_counter().get_value() as u64;
+        all += n;
+        if m.get_label().iter().any(|l| l.name() == "code" && l.value().starts_with('5')) {
+            errors += n;
+        }
+    }
+    (all, errors)
+}
+
+/// A 5xx share at or above this is shown in red (the alert rules' `LbHigh5xxRatio` line).
+const ERRORS_SHOWN_BAD: f64 = 0.05;
+
+/// A 5xx share as the page shows it: "—" without answers, else a percentage.
+fn error_text(ratio: Option<f64>) -> String {
+    match ratio {
+        None => "\u{2014}".to_owned(),
+        Some(r) => format!("{}%", (r * 1000.0).round() / 10.0),
+    }
 }
 
 fn now_ms() -> u64 {
@@ -202,8 +225,11 @@ fn key(pool: &str, b: &Backend) -> Key {
 /// Request totals sampled once a second over the last [`RATE_WINDOW`].
 #[derive(Debug, Default)]
 pub struct Rates {
-    samples: Mutex<VecDeque<(Instant, HashMap<Key, u64>)>>,
+    samples: Mutex<Samples>,
 }
+
+/// Each backend's (answers, 5xx answers) at each sample, oldest first.
+type Samples = VecDeque<(Instant, HashMap<Key, (u64, u64)>)>;
 
 impl Rates {
     /// Records every backend's current total.
@@ -211,13 +237,13 @@ impl Rates {
         let mut totals = HashMap::new();
         for (pool_name, handle) in metrics.pools().iter() {
             for b in handle.load().backends.iter() {
-                totals.insert(key(pool_name, b), requests_total(b));
+                totals.insert(key(pool_name, b), answered(b));
             }
         }
         self.record(Instant::now(), totals);
     }
 
-    fn record(&self, at: Instant, totals: HashMap<Key, u64>) {
+    fn record(&self, at: Instant, totals: HashMap<Key, (u64, u64)>) {
         let Ok(mut s) = self.samples.lock() else { return };
         s.push_back((at, totals));
         while s.front().is_some_and(|(t, _)| at.duration_since(*t) > RATE_WINDOW) {
@@ -227,8 +253,8 @@ impl Rates {
 
     /// Requests per second of `key`, whose total is `total` at `now`, over the oldest sample
     /// in the window that knows it. Zero without such a sample.
-    fn rate(samples: &VecDeque<(Instant, HashMap<Key, u64>)>, key: &Key, total: u64, now: Instant) -> f64 {
-        let Some((t0, base)) = samples.iter().find_map(|(t, m)| m.get(key).map(|v| (*t, *v))) else {
+    fn rate(samples: &Samples, key: &Key, total: u64, now: Instant) -> f64 {
+        let Some((t0, base)) = samples.iter().find_map(|(t, m)| m.get(key).map(|v| (*t, v.0))) else {
             return 0.0;
         };
         // A shorter span than a second says more about timing than about traffic.
@@ -236,6 +262,15 @@ impl Rates {
         // A counter that went down belongs to a new backend under the same key.
         let delta = if total >= base { total - base } else { total };
         (delta as f64 / secs * 100.0).round() / 100.0
+    }
+
+    /// The 5xx share of `key`'s answers since the oldest sample in the window that knows it,
+    /// `(total, errors)` being its counts now; `None` when it answered nothing since.
+    fn error_ratio(samples: &Samples, key: &Key, now: (u64, u64)) -> Option<f64> {
+        let (total0, errors0) = samples.iter().find_map(|(_, m)| m.get(key).copied()).unwrap_or((0, 0));
+        // Counters that went down belong to a new backend under the same key.
+        let (all, errors) = if now.0 >= total0 && now.1 >= errors0 { (now.0 - total0, now.1 - errors0) } else { now };
+        (all > 0).then(|| (errors as f64 / all as f64 * 1000.0).round() / 1000.0)
     }
 
     /// Samples every `SAMPLE_EVERY` until the drain is triggered.
@@ -278,7 +313,8 @@ impl Status {
                             CheckResult::Success => Some(LastCheck { result: "success", reason }),
                             CheckResult::Failure => Some(LastCheck { result: "failure", reason }),
                         };
-                        let total = requests_total(b);
+                        let counts = answered(b);
+                        let total = counts.0;
                         BackendStatus {
                             name: b.name.clone(),
                             addr: b.addr.to_string(),
@@ -298,6 +334,7 @@ impl Status {
                             in_flight: b.in_flight(),
                             requests_total: total,
                             requests_per_second: Rates::rate(samples, &key(pool_name, b), total, now),
+                            error_ratio: Rates::error_ratio(samples, &key(pool_name, b), counts),
                         }
                     })
                     .collect();
@@ -381,7 +418,8 @@ impl Status {
              <span class=\"check-desc\">{}</span></p>\n\
              <table>\n<thead><tr><th scope=\"col\">backend</th><th scope=\"col\">address</th><th scope=\"col\">state</th>\
              <th scope=\"col\">since</th><th scope=\"col\">last check</th><th scope=\"col\" class=\"num\">weight</th>\
-             <th scope=\"col\" class=\"num\">in flight</th><th scope=\"col\" class=\"num\">req/s</th></tr></thead>\n<tbody>\n",
+             <th scope=\"col\" class=\"num\">in flight</th><th scope=\"col\" class=\"num\">req/s</th>\
+             <th scope=\"col\" class=\"num\">5xx</th></tr></thead>\n<tbody>\n",
             p.strategy,
             count_class(p),
             p.backends_up,
@@ -400,7 +438,7 @@ impl Status {
                 "<tr data-backend=\"{n}\" data-state=\"{state}\" class=\"{state}\"><td>{n}</td><td class=\"mono\">{}</td>\
                  <td><span class=\"state {state}\">{}</span>{note}</td><td title=\"{}\">{}</td>\
                  <td class=\"check {check_class}\" title=\"{}\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td>\
-                 <td class=\"num\">{}</td></tr>",
+                 <td class=\"num\">{}</td><td class=\"num{}\">{}</td></tr>",
                 esc(&b.addr),
                 if b.state == "up" { "UP" } else { "DOWN" },
                 esc(&utc(b.since_ms)),
@@ -410,6 +448,8 @@ impl Status {
                 b.weight,
                 b.in_flight,
                 rate_text(b.requests_per_second),
+                if b.error_ratio.is_some_and(|r| r >= ERRORS_SHOWN_BAD) { " bad" } else { "" },
+                error_text(b.error_ratio),
                 n = esc(&b.name),
                 state = b.state,
             );
@@ -589,19 +629,26 @@ mod tests {
         let rates = Rates::default();
         let k: Key = ("app".into(), "a".into(), "127.0.0.1:1".parse().unwrap());
         let t0 = Instant::now();
-        rates.record(t0, HashMap::from([(k.clone(), 100)]));
-        rates.record(t0 + Duration::from_secs(5), HashMap::from([(k.clone(), 150)]));
+        rates.record(t0, HashMap::from([(k.clone(), (100, 10))]));
+        rates.record(t0 + Duration::from_secs(5), HashMap::from([(k.clone(), (150, 10))]));
         let s = rates.samples.lock().unwrap();
         assert_eq!(Rates::rate(&s, &k, 300, t0 + Duration::from_secs(10)), 20.0);
         // Unknown backend: no rate yet. Counter reset: counts from zero.
         let other: Key = ("app".into(), "b".into(), "127.0.0.1:2".parse().unwrap());
         assert_eq!(Rates::rate(&s, &other, 5, t0 + Duration::from_secs(10)), 0.0);
         assert_eq!(Rates::rate(&s, &k, 30, t0 + Duration::from_secs(10)), 3.0);
+        // The 5xx share over the same span: 40 of 200 more answers.
+        assert_eq!(Rates::error_ratio(&s, &k, (300, 50)), Some(0.2));
+        assert_eq!(Rates::error_ratio(&s, &k, (100, 10)), None, "no answers since");
+        assert_eq!(Rates::error_ratio(&s, &other, (4, 1)), Some(0.25), "a new backend: all it answered");
         drop(s);
         // Samples older than the window go.
-        rates.record(t0 + RATE_WINDOW + Duration::from_secs(2), HashMap::from([(k.clone(), 400)]));
+        rates.record(t0 + RATE_WINDOW + Duration::from_secs(2), HashMap::from([(k.clone(), (400, 10))]));
         let s = rates.samples.lock().unwrap();
         assert_eq!(s.len(), 2);
-        assert_eq!(s[0].1[&k], 150);
+        assert_eq!(s[0].1[&k], (150, 10));
+        assert_eq!(error_text(Some(0.2)), "20%");
+        assert_eq!(error_text(Some(0.473)), "47.3%");
+        assert_eq!(error_text(None), "\u{2014}");
     }
 }

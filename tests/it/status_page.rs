@@ -169,6 +169,7 @@ async fn status_json_has_exact_fields_and_values() {
         "in_flight",
         "requests_total",
         "requests_per_second",
+        "error_ratio",
     ]);
     let order: Vec<&str> = app["backends"].as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
     assert_eq!(order, ["a", "b", "c"], "backends in config order");
@@ -220,6 +221,53 @@ async fn status_json_has_exact_fields_and_values() {
         assert!(Instant::now() < deadline, "requests never showed as a rate: {s:#}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A backend that answers every request with a 500 is up as far as its health check goes, but
+/// the page says at a glance that its answers are errors: its 5xx share (over the last rate
+/// window) is 100% in `/status.json` and in red on the page, while a healthy neighbour's is 0%;
+/// one that answered nothing shows none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_shows_each_backends_5xx_share() {
+    let (ok, failing, idle) =
+        (TestBackend::start("ok").await, TestBackend::start("failing").await, TestBackend::start("idle").await);
+    let toml = format!(
+        "[admin]\nbind = \"127.0.0.1:0\"\n\n[[listeners]]\nname = \"web\"\nbind = \"127.0.0.1:0\"\npool = \"app\"\n\n\
+         [[listeners]]\nname = \"side\"\nbind = \"127.0.0.1:0\"\npool = \"spare\"\n\n\
+         [pools.app]\nstrategy = \"round_robin\"\n{}\n\n[pools.spare]\nstrategy = \"round_robin\"\n{}\n",
+        backends_toml(&[&ok, &failing]),
+        backends_toml(&[&idle])
+    );
+    let lb = start_lb(&toml).await;
+    let (web, admin) = (lb.listener_addr("web").unwrap(), lb.admin_addr().unwrap());
+    let http = client();
+    // Round robin: the two backends take turns, so one of them gets every /status/500 (which
+    // makes it answer 500) and the other every /fine.
+    let shares = |s: &Value| -> Vec<Option<f64>> {
+        ["ok", "failing"].iter().map(|n| backend(s, "app", n)["error_ratio"].as_f64()).collect()
+    };
+    let s = json_until(admin, "both shares measured", |s| {
+        let mut got = shares(s);
+        got.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        got == [Some(0.0), Some(1.0)]
+    });
+    let traffic = async {
+        for _ in 0..40 {
+            get(&http, web, "/status/500").await;
+            get(&http, web, "/fine").await;
+        }
+    };
+    let (s, ()) = tokio::join!(s, traffic);
+    assert_eq!(backend(&s, "spare", "idle")["error_ratio"], Value::Null, "answered nothing: no share");
+    let (bad, good) = if shares(&s)[0] == Some(1.0) { ("ok", "failing") } else { ("failing", "ok") };
+    let (_, html, _) = get(&http, admin, "/status").await;
+    let row = |name: &str| {
+        html.lines()
+            .find(|l| l.contains(&format!("data-backend=\"{name}\"")))
+            .unwrap_or_else(|| panic!("no row for {name}"))
+    };
+    assert!(row(bad).contains("<td class=\"num bad\">100%</td>"), "{}", row(bad));
+    assert!(row(good).contains("<td class=\"num\">0%</td>"), "{}", row(good));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
