@@ -506,8 +506,8 @@ impl ListenerRuntime {
         let pool = self.route.load().load().name.clone();
         let code = status.to_string();
         self.http.metrics.local_requests.with_label_values(&[&*self.name, &*pool, &code]).inc();
-        // Timed from the connection's first byte read to the end: the histogram's count stays
-        // the counter's.
+        // Timed from when the connection began to be served (no request was ever read) to its
+        // end, so that the histogram's count stays the counter's.
         self.http
             .metrics
             .local_duration
